@@ -1,0 +1,1 @@
+"""Trees, keys and explicit state objects shared by every nemofn package."""

@@ -1,0 +1,1 @@
+"""Stateless modules: frozen attrs hyperparameters, ``init(rng) -> (params, buffers)``, pure ``apply``."""
