@@ -1,0 +1,1 @@
+"""ASR models: networks built from NeMo-layout configs, and the cohesive model units around them."""

@@ -1,0 +1,211 @@
+"""``CTCModel``: one cohesive CTC ASR model built from a NeMo-layout ``model:`` config.
+
+It bundles what NeMo's ``EncDecCTCModel`` / ``EncDecCTCModelBPE`` hold, minus all hidden state: the network
+(:class:`~nemofn.asr.models.ctc_network.CTCNetwork`), the tokenizer, greedy text decoding, the data loaders of the
+config's ``*_ds`` blocks, and the optimizer and schedule of its ``optim`` block. Weights live in an explicit
+:class:`~nemofn.core.state.ModelState` that the caller owns::
+
+    model = CTCModel.from_config(cfg)                 # cfg: the `model:` block (DictConfig or dict)
+    state = model.init_state(0)                      # ModelState with NeMo state-dict keys
+    texts = model.transcribe(state, ["a.wav", "b.wav"])
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from nemofn.asr.data.audio import load_audio
+from nemofn.asr.data.dataset import build_dataloader
+from nemofn.asr.decoding import CharDecoder, TokenizerDecoder
+from nemofn.asr.metrics import word_error_rate
+from nemofn.asr.models.ctc_network import CTCNetwork
+from nemofn.asr.tokenizers import CharTokenizer, SentencePieceTokenizer
+from nemofn.core.rng import RngKey
+from nemofn.core.state import ModelState
+from nemofn.optim.config import build_optimization
+
+__all__ = ["CTCModel", "tokenizer_from_config", "AudioInput"]
+
+AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
+
+
+def tokenizer_from_config(cfg: Mapping[str, Any]) -> CharTokenizer | SentencePieceTokenizer:
+    """The tokenizer a model config names: ``labels`` (char) or ``tokenizer: {dir, type}`` (BPE).
+
+    ``tokenizer.model_path`` / ``vocab_path`` (set by ``.nemo`` restore to extracted artifact files) take
+    precedence over ``tokenizer.dir``.
+    """
+    tok = cfg.get("tokenizer")
+    if tok is not None:
+        tok_type = tok.get("type", "bpe")
+        if tok_type != "bpe":
+            raise ValueError(f"model.tokenizer.type={tok_type!r} is not supported yet; use 'bpe' (SentencePiece)")
+        model_path = tok.get("model_path")
+        vocab_path = tok.get("vocab_path")
+        tok_dir = tok.get("dir")
+        if not model_path:
+            if not tok_dir:
+                raise ValueError("model.tokenizer.dir is not set; point it at a folder holding tokenizer.model "
+                                 "(build one with scripts/tokenizers/process_asr_text_tokenizer.py)")
+            model_path = Path(tok_dir) / "tokenizer.model"
+            candidate = Path(tok_dir) / "vocab.txt"
+            vocab_path = vocab_path or (candidate if candidate.exists() else None)
+        if not Path(model_path).is_file():
+            raise FileNotFoundError(f"tokenizer model {model_path} does not exist (from model.tokenizer); build it "
+                                    "with scripts/tokenizers/process_asr_text_tokenizer.py")
+        return SentencePieceTokenizer(model_path, vocab_path)
+    labels = cfg.get("labels")
+    if not labels:
+        raise ValueError("the model config has neither `labels` (char model) nor `tokenizer` (BPE model)")
+    return CharTokenizer(list(labels))
+
+
+def _filled_config(cfg: Mapping[str, Any], tokenizer: Any) -> DictConfig:
+    """A resolved copy of ``cfg`` with the decoder vocabulary taken from the tokenizer, as NeMo does."""
+    conf = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(cfg), resolve=True)) \
+        if not isinstance(cfg, DictConfig) else OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    if "model" in conf and "preprocessor" not in conf:
+        raise ValueError("pass the `model:` block of the config, not the whole experiment config "
+                         "(use cfg.model)")
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        conf.decoder.vocabulary = list(tokenizer.vocabulary)
+        conf.decoder.num_classes = len(tokenizer.vocabulary)
+    elif conf.decoder.get("vocabulary") in (None, []):
+        conf.decoder.vocabulary = list(tokenizer.labels)
+    return conf
+
+
+def pad_signals(signals: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mono float32 waveforms -> ``(signal [B, T_max], signal_len [B])``, right-padded with zeros."""
+    lengths = torch.tensor([len(s) for s in signals], dtype=torch.int64)
+    batch = torch.zeros(len(signals), int(lengths.max()) if len(signals) else 0)
+    for i, s in enumerate(signals):
+        batch[i, : len(s)] = torch.from_numpy(np.ascontiguousarray(s, dtype=np.float32))
+    return batch, lengths
+
+
+@attrs.frozen(eq=False)
+class CTCModel:
+    """A CTC ASR model: config, network, tokenizer and text decoding (no weights; see :meth:`init_state`).
+
+    Attributes:
+        cfg: the resolved ``model:`` config (decoder vocabulary filled in).
+        network: the stateless network (its ``objective`` is the training objective).
+        tokenizer: :class:`CharTokenizer` or :class:`SentencePieceTokenizer`.
+        text_decoder: greedy CTC decoding to text.
+    """
+
+    cfg: DictConfig
+    network: CTCNetwork
+    tokenizer: Any
+    text_decoder: Any
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], *, tokenizer: Any = None) -> CTCModel:
+        tokenizer = tokenizer if tokenizer is not None else tokenizer_from_config(cfg)
+        conf = _filled_config(cfg, tokenizer)
+        network = CTCNetwork.from_config(conf)
+        if isinstance(tokenizer, SentencePieceTokenizer):
+            text_decoder = TokenizerDecoder(tokenizer, vocab_size=len(tokenizer.vocabulary))
+        else:
+            text_decoder = CharDecoder(list(conf.decoder.vocabulary))
+        n_vocab = network.decoder.num_classes_with_blank - 1
+        if n_vocab != len(conf.decoder.vocabulary):
+            raise ValueError(f"model.decoder.num_classes={n_vocab} but the vocabulary has "
+                             f"{len(conf.decoder.vocabulary)} entries; set num_classes to -1 to derive it")
+        return cls(cfg=conf, network=network, tokenizer=tokenizer, text_decoder=text_decoder)
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.cfg.get("sample_rate", self.cfg.preprocessor.get("sample_rate", 16000)))
+
+    def init_state(self, rng: RngKey | int = 0) -> ModelState:
+        """Fresh weights (NeMo's initialisations) as a :class:`ModelState`."""
+        params, buffers = self.network.init(rng)
+        return ModelState.create(params, buffers)
+
+    # ----------------------------------------------------------------------------------------------- data
+    def dataset_config(self, ds_cfg: Mapping[str, Any]) -> dict:
+        """A ``*_ds`` block with ``sample_rate`` (and ``labels`` for char models) filled from the model, as NeMo."""
+        out = dict(OmegaConf.to_container(ds_cfg, resolve=True) if isinstance(ds_cfg, DictConfig) else ds_cfg)
+        out.setdefault("sample_rate", self.sample_rate)
+        if isinstance(self.tokenizer, CharTokenizer):
+            out.setdefault("labels", list(self.tokenizer.labels))
+        return out
+
+    def dataloader(self, ds_cfg: Mapping[str, Any], *, shuffle_seed: int = 0, num_replicas: int = 1,
+                   rank: int = 0) -> torch.utils.data.DataLoader:
+        """The loader of a NeMo ``train_ds``/``validation_ds``/``test_ds`` block (batches of 4 tensors)."""
+        return build_dataloader(self.dataset_config(ds_cfg), self.tokenizer, shuffle_seed=shuffle_seed,
+                                num_replicas=num_replicas, rank=rank)
+
+    def optimization(self, optim_cfg: Mapping[str, Any] | None = None, *, max_steps: int | None = None):
+        """``(optimizer, schedule, base_lr)`` from ``optim_cfg`` (default: the config's ``optim`` block)."""
+        optim_cfg = self.cfg.get("optim") if optim_cfg is None else optim_cfg
+        if optim_cfg is None:
+            raise ValueError("no optimizer config: the model config has no `optim` block; pass one")
+        return build_optimization(optim_cfg, max_steps=max_steps)
+
+    # ------------------------------------------------------------------------------------------ inference
+    def inference_network(self) -> CTCNetwork:
+        """The network as transcribe runs it: no dither, no ``pad_to`` (NeMo's transcribe does the same)."""
+        return attrs.evolve(self.network, preprocessor=self.network.preprocessor.replace(dither=0.0, pad_to=0))
+
+    @torch.inference_mode()
+    def log_probs(self, state: ModelState, signal: torch.Tensor, signal_len: torch.Tensor):
+        """``signal [B, T]``, ``signal_len [B]`` -> ``(log_probs [B, T', V+1], encoded_len [B])`` (eval mode)."""
+        return self.inference_network().forward_eval(state.params, state.buffers, signal, signal_len)
+
+    def decode(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+        """Greedy CTC decoding to text."""
+        return self.text_decoder.decode(log_probs, lengths)
+
+    def load_audio(self, item: AudioInput) -> np.ndarray:
+        if isinstance(item, torch.Tensor):
+            return item.detach().cpu().float().numpy().reshape(-1)
+        if isinstance(item, np.ndarray):
+            return item.astype(np.float32).reshape(-1)
+        return load_audio(item, sample_rate=self.sample_rate)
+
+    def transcribe(self, state: ModelState, audio: Sequence[AudioInput], *, batch_size: int = 4,
+                   return_log_probs: bool = False, progress: bool = False):
+        """Texts for a list of audio files / arrays, in input order.
+
+        Returns:
+            ``list[str]``, or ``(texts, log_probs)`` with one ``[T', V+1]`` tensor per input when
+            ``return_log_probs``.
+        """
+        texts: list[str] = []
+        all_lp: list[torch.Tensor] = []
+        starts = range(0, len(audio), batch_size)
+        if progress:
+            from tqdm import tqdm
+
+            starts = tqdm(starts, desc="Transcribing", unit="batch")
+        for start in starts:
+            signals = [self.load_audio(a) for a in audio[start:start + batch_size]]
+            signal, signal_len = pad_signals(signals)
+            lp, lens = self.log_probs(state, signal, signal_len)
+            texts.extend(self.decode(lp, lens))
+            if return_log_probs:
+                all_lp.extend(lp[i, : int(n)].clone() for i, n in enumerate(lens.tolist()))
+        return (texts, all_lp) if return_log_probs else texts
+
+    def evaluate_wer(self, state: ModelState, loader: torch.utils.data.DataLoader, *, use_cer: bool = False
+                     ) -> tuple[float, list[str], list[str]]:
+        """Corpus WER of greedy transcripts over a loader: ``(wer, hypotheses, references)``."""
+        hyps: list[str] = []
+        refs: list[str] = []
+        for signal, signal_len, tokens, tokens_len in loader:
+            lp, lens = self.log_probs(state, signal, signal_len)
+            hyps.extend(self.decode(lp, lens))
+            refs.extend(self.tokenizer.decode(t[: int(n)].tolist()) for t, n in zip(tokens, tokens_len))
+        return word_error_rate(hyps, refs, use_cer=use_cer), hyps, refs
