@@ -1,0 +1,185 @@
+"""Named errors of the compat layer: `.nemo` archives, artifacts, class-path targets and config overrides.
+
+Every error derives from :class:`NemoArchiveError`, and also from the builtin exception a NeMo user would catch
+for the same failure (``FileNotFoundError``, ``ValueError``, ``LookupError``, ``TypeError``, ``ImportError``), so
+``except FileNotFoundError`` keeps working on code ported from NeMo. Messages name the file, member or config key
+and say how to fix the problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = [
+    "NemoArchiveError",
+    "NemoFileNotFoundError",
+    "CorruptArchiveError",
+    "MissingConfigError",
+    "MissingWeightsError",
+    "MissingArtifactError",
+    "DanglingArtifactError",
+    "UnsafeArchiveError",
+    "UnsafeTargetError",
+    "UnknownTargetError",
+    "TargetImportError",
+    "BadOverrideError",
+    "BadStateDictError",
+]
+
+
+def _listing(names: Iterable[str], limit: int = 20) -> str:
+    """``a, b, c`` (at most ``limit`` names, then ``... (+N more)``); ``<none>`` when empty."""
+    names = list(names)
+    if not names:
+        return "<none>"
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown if len(names) <= limit else f"{shown}, ... (+{len(names) - limit} more)"
+
+
+class NemoArchiveError(Exception):
+    """Base class of every named error raised by ``compat`` archive, artifact and registry code."""
+
+
+class NemoFileNotFoundError(NemoArchiveError, FileNotFoundError):
+    """The ``.nemo`` file (or unpacked folder) to restore does not exist."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"{path}: no such .nemo file or unpacked .nemo folder. Check the path (it is resolved against the "
+            f"current directory, with '~' expanded)."
+        )
+        self.path = path
+
+
+class CorruptArchiveError(NemoArchiveError, ValueError):
+    """The file is not a tar / gzip tar, or it is truncated or damaged."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(
+            f"{path}: not a readable .nemo archive ({detail}). A .nemo file is a tar (or, before NeMo 1.7, a gzip "
+            f"tar); this one is truncated, damaged, or not a .nemo at all. Download or copy it again and compare "
+            f"its size or checksum with the source."
+        )
+        self.path = path
+        self.detail = detail
+
+
+class MissingConfigError(NemoArchiveError, FileNotFoundError):
+    """The archive has no ``model_config.yaml`` member."""
+
+    def __init__(self, path: str, config_name: str, members: Iterable[str]) -> None:
+        super().__init__(
+            f"{path}: no {config_name!r} in this archive; members found: {_listing(members)}. A .nemo must hold "
+            f"the model config at its root; if the config has another name, set "
+            f"SaveRestoreConnector.model_config_yaml (or pass config_name=) to that name."
+        )
+        self.path = path
+        self.members = list(members)
+
+
+class MissingWeightsError(NemoArchiveError, FileNotFoundError):
+    """The archive has no ``model_weights.ckpt`` member, or the member is not a flat ``{str: Tensor}`` dict."""
+
+    def __init__(self, path: str, weights_name: str, detail: str) -> None:
+        super().__init__(f"{path}: cannot load the weights {weights_name!r}: {detail}")
+        self.path = path
+
+
+class MissingArtifactError(NemoArchiveError, FileNotFoundError):
+    """An artifact is neither an existing local file nor a member of the archive it should come from."""
+
+    def __init__(self, value: str, detail: str, key: str | None = None) -> None:
+        where = f" (config key {key!r})" if key else ""
+        super().__init__(
+            f"artifact {value!r}{where} was not found: {detail}. Use an existing local file path, or "
+            f"'nemo:<member>' naming a file inside the .nemo being restored."
+        )
+        self.value = value
+        self.key = key
+
+
+class DanglingArtifactError(NemoArchiveError, ValueError):
+    """A config to be written has a ``nemo:`` value that no artifact passed to the writer provides."""
+
+    def __init__(self, key: str, value: str) -> None:
+        super().__init__(
+            f"config key {key!r} = {value!r} refers to a .nemo member, but no artifact for {key!r} was given, so "
+            f"the written archive would not restore. Pass artifacts={{{key!r}: ArtifactSpec(<member>, "
+            f"from_archive=<source .nemo>)}} (compat.artifacts.specs_from_config(cfg, source) builds them all), or "
+            f"set the key to a local file path and pass ArtifactSpec(<path>)."
+        )
+        self.key = key
+        self.value = value
+
+
+class UnsafeArchiveError(NemoArchiveError, ValueError):
+    """A tar member (or an artifact value) would be written or read outside the extraction folder."""
+
+    def __init__(self, path: str, member: str, reason: str) -> None:
+        super().__init__(
+            f"{path}: refusing to extract member {member!r}: {reason}. A .nemo written by NeMo holds only plain "
+            f"files at its root; this archive was made by something else or was tampered with. Nothing was "
+            f"extracted; do not use this file unless you trust and inspect its source (tar -tvf)."
+        )
+        self.path = path
+        self.member = member
+
+
+class UnsafeTargetError(NemoArchiveError, ValueError):
+    """A ``target`` / ``_target_`` config value is outside the class-path prefixes NeMo 3.0 will instantiate."""
+
+    def __init__(self, key: str, value: object, allowed: Iterable[str]) -> None:
+        super().__init__(
+            f"config key {key!r} = {value!r} is not a class path NeMo 3.0 will instantiate (allowed prefixes: "
+            f"{_listing(allowed, limit=40)}); real NeMo would refuse to restore this .nemo. Write the NeMo class "
+            f"path (e.g. compat.registry.nemo_target_for(YourClass)), not a nemofn/compat path."
+        )
+        self.key = key
+        self.value = value
+
+
+class UnknownTargetError(NemoArchiveError, LookupError):
+    """A NeMo class path has no nemofn/compat builder registered."""
+
+    def __init__(self, target: object, supported: Iterable[str], hint: str = "") -> None:
+        super().__init__(
+            f"no nemofn builder is registered for {target!r}. Supported targets: {_listing(supported, limit=60)}. "
+            + (hint or "Register your own with compat.registry.register_target(...) or register_model_target(...).")
+        )
+        self.target = target
+
+
+class TargetImportError(NemoArchiveError, ImportError):
+    """A registered builder path could not be imported."""
+
+    def __init__(self, target: str, builder: str, cause: BaseException) -> None:
+        super().__init__(
+            f"{target!r} maps to {builder!r}, which could not be imported ({type(cause).__name__}: {cause}). "
+            f"Check that the module exists and defines that name, or re-register the target."
+        )
+        self.target = target
+        self.builder = builder
+
+
+class BadOverrideError(NemoArchiveError, ValueError):
+    """``override_config_path`` is neither a readable YAML mapping nor a DictConfig / dict."""
+
+    def __init__(self, override: object, detail: str) -> None:
+        shown = override if isinstance(override, str) else type(override).__name__
+        super().__init__(
+            f"bad override_config_path {shown!r}: {detail}. Pass a path to a YAML file holding the model config "
+            f"(optionally under a top-level 'model:' key), or a DictConfig / dict of it."
+        )
+        self.override = override
+
+
+class BadStateDictError(NemoArchiveError, TypeError):
+    """A state dict to be written holds something other than ``str -> Tensor`` entries."""
+
+    def __init__(self, key: object, detail: str) -> None:
+        super().__init__(
+            f"state dict entry {key!r}: {detail}. A .nemo's model_weights.ckpt must be a flat dict of tensors "
+            f"(loadable with torch.load(weights_only=True)); flatten nested trees with nemofn.core.tree.flatten "
+            f"and drop non-tensor entries."
+        )
+        self.key = key
