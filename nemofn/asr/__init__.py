@@ -1,0 +1,1 @@
+"""Automatic speech recognition: data (manifests, audio, datasets), tokenizers, modules, CTC models."""
