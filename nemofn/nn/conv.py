@@ -35,6 +35,8 @@ def conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, str
     """
     stride, dilation = _first(stride), _first(dilation)
     pad = padding if isinstance(padding, str) else _first(padding)
+    if dilation > 1 and stride == 1 and isinstance(pad, int) and x.ndim == 3:
+        return _dilated_conv1d(x, weight, bias, pad, dilation, groups)
     if groups > 1 and x.ndim == 3:
         y = F.conv2d(x.unsqueeze(-1), weight.unsqueeze(-1), bias, (stride, 1),
                      pad if isinstance(pad, str) else (pad, 0), (dilation, 1), groups)
@@ -43,6 +45,23 @@ def conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, str
         y = torch.matmul(weight.squeeze(-1), x)
         return y if bias is None else y + bias.unsqueeze(-1)
     return F.conv1d(x, weight, bias, stride, pad, dilation, groups)
+
+
+def _dilated_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pad: int, dilation: int,
+                    groups: int) -> torch.Tensor:
+    """A stride-1 dilated conv as an undilated one over ``dilation`` interleaved phases.
+
+    Viewing the padded input ``[B, C, L]`` as ``[B, C, L/d, d]``, an undilated ``[k, 1]`` conv2d over the first
+    axis computes ``y[t] = sum_j w[j] x[t + j*d]`` for every ``t = h*d + phase``: exactly the dilated conv. The
+    oneDNN backward of dilated convs is very slow on the CPU (~15x here); this form is not.
+    """
+    batch, channels, time = x.shape
+    k = weight.shape[-1]
+    length = time + 2 * pad
+    extra = (-length) % dilation
+    xp = F.pad(x, (pad, pad + extra)).reshape(batch, channels, (length + extra) // dilation, dilation)
+    y = F.conv2d(xp, weight.unsqueeze(-1), bias, 1, 0, 1, groups)
+    return y.reshape(batch, y.shape[1], -1)[:, :, : length - dilation * (k - 1)]
 
 
 def _first(value: Any) -> Any:
