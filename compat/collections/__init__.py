@@ -1,0 +1,1 @@
+"""NeMo's ``nemo.collections`` import paths (``compat.collections.asr.models.EncDecCTCModel``, ...)."""

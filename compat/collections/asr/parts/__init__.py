@@ -1,0 +1,1 @@
+"""NeMo's ``nemo.collections.asr.parts`` (the pieces compat provides live in ``parts.utils``)."""

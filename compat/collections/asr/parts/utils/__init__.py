@@ -1,0 +1,1 @@
+"""NeMo's ``nemo.collections.asr.parts.utils``: only ``rnnt_utils`` (``Hypothesis``) is provided."""

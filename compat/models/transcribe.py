@@ -1,0 +1,132 @@
+"""Input handling for ``transcribe()``: paths, manifests, arrays and tensors into padded batches.
+
+Accepted ``audio`` (NeMo 3.0's ``TranscriptionMixin``):
+
+* a path or a list of paths (read with ``nemofn.asr.data.audio.load_audio`` at the model's sample rate; files are
+  not padded, as NeMo 3.0's non-Lhotse file path);
+* one manifest path ending in ``.json`` / ``.jsonl`` (NeMo's test; relative audio paths resolve beside the
+  manifest; ``offset`` / ``duration`` are honoured);
+* numpy arrays or torch tensors of samples at the model's sample rate. As in NeMo 3.0 these are zero-padded to at
+  least ``pad_min_duration`` seconds (default 1.0), split evenly before and after (``pad_direction="both"``;
+  ``"left"`` / ``"right"`` also accepted);
+* a ``DataLoader`` whose batches start with ``(signal [B, T], signal_len [B])``.
+
+Batches come out as ``(signal [B, T_max] float32, signal_len [B] int64)``, in input order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+
+from nemofn.asr.data.audio import load_audio
+
+__all__ = ["AudioSource", "collect_sources", "pad_to_min_duration", "iterate_batches", "count_batches"]
+
+
+@attrs.frozen
+class AudioSource:
+    """One input: a file (with optional offset / duration) or samples already in memory."""
+
+    path: str | None = None
+    samples: np.ndarray | None = None
+    offset: float = 0.0
+    duration: float | None = None
+
+    def load(self, sample_rate: int, channel_selector: Any) -> np.ndarray:
+        if self.samples is not None:
+            return self.samples
+        return load_audio(self.path, sample_rate=sample_rate, offset=self.offset, duration=self.duration,
+                          channel_selector=channel_selector)
+
+
+def pad_to_min_duration(samples: np.ndarray, min_samples: int, direction: str = "both") -> np.ndarray:
+    """Zero-pads ``samples [T]`` to ``min_samples`` (``both``: ``total // 2`` before, the rest after)."""
+    missing = min_samples - samples.shape[0]
+    if missing <= 0:
+        return samples
+    if direction == "both":
+        before = missing // 2
+    elif direction == "left":
+        before = missing
+    elif direction == "right":
+        before = 0
+    else:
+        raise ValueError(f"pad_direction must be 'both', 'left' or 'right', got {direction!r}")
+    return np.pad(samples, (before, missing - before))
+
+
+def _is_manifest(items: Sequence[str]) -> bool:
+    # NeMo's test, kept as written: `len(audio) == 1 and audio[0].endswith('.json') or audio[0].endswith('.jsonl')`
+    return (len(items) == 1 and items[0].endswith(".json")) or items[0].endswith(".jsonl")
+
+
+def _as_samples(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().to("cpu", torch.float32).numpy()
+    array = np.asarray(value, dtype=np.float32)
+    if array.ndim != 1:
+        if array.ndim == 2 and 1 in array.shape:
+            array = array.reshape(-1)
+        else:
+            raise ValueError(f"transcribe: an audio array must be 1-D samples [T] at the model's sample rate, got "
+                             f"shape {tuple(array.shape)}; mix multi-channel audio down first")
+    return np.ascontiguousarray(array)
+
+
+def collect_sources(audio: Any, *, sample_rate: int, pad_min_duration: float = 1.0,
+                    pad_direction: str = "both") -> list[AudioSource]:
+    """The inputs of one ``transcribe`` call, in order (see the module doc for the accepted forms)."""
+    items = list(audio) if isinstance(audio, (list, tuple)) else [audio]
+    if not items:
+        raise ValueError("transcribe: the audio input is empty")
+    if all(isinstance(a, (str, os.PathLike)) for a in items):
+        paths = [os.fspath(a) for a in items]
+        if _is_manifest(paths):
+            from nemofn.asr.data.manifest import read_manifest
+
+            entries = read_manifest(paths[0])
+            return [AudioSource(path=e.audio_filepath, offset=e.offset or 0.0, duration=e.duration) for e in entries]
+        return [AudioSource(path=p) for p in paths]
+    if all(isinstance(a, (np.ndarray, torch.Tensor)) for a in items):
+        min_samples = int(pad_min_duration * sample_rate)
+        return [AudioSource(samples=pad_to_min_duration(_as_samples(a), min_samples, pad_direction)) for a in items]
+    kinds = sorted({type(a).__name__ for a in items})
+    raise TypeError(f"transcribe: audio must be paths (str), a manifest path, numpy arrays or torch tensors (not "
+                    f"mixed); got {kinds}")
+
+
+def _pad_batch(signals: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(s) for s in signals], dtype=torch.int64)
+    batch = torch.zeros(len(signals), int(lengths.max()))
+    for i, s in enumerate(signals):
+        batch[i, : len(s)] = torch.from_numpy(np.ascontiguousarray(s, dtype=np.float32))
+    return batch, lengths
+
+
+def count_batches(audio: Any, sources: list[AudioSource] | None, batch_size: int) -> int | None:
+    if sources is not None:
+        return -(-len(sources) // batch_size)
+    try:
+        return len(audio)
+    except TypeError:
+        return None
+
+
+def iterate_batches(audio: Any, sources: list[AudioSource] | None, *, batch_size: int, sample_rate: int,
+                    channel_selector: Any = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(signal [B, T], signal_len [B])`` batches, from ``sources`` or (when ``None``) a DataLoader ``audio``."""
+    if sources is None:
+        for batch in audio:
+            if not isinstance(batch, (list, tuple)) or len(batch) < 2:
+                raise TypeError("transcribe: a DataLoader must yield (signal [B, T], signal_len [B], ...) batches")
+            yield batch[0], batch[1]
+        return
+    for start in range(0, len(sources), batch_size):
+        chunk = sources[start:start + batch_size]
+        yield _pad_batch([s.load(sample_rate, channel_selector) for s in chunk])
