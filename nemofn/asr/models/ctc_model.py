@@ -70,8 +70,8 @@ def tokenizer_from_config(cfg: Mapping[str, Any]) -> CharTokenizer | SentencePie
 
 def _filled_config(cfg: Mapping[str, Any], tokenizer: Any) -> DictConfig:
     """A resolved copy of ``cfg`` with the decoder vocabulary taken from the tokenizer, as NeMo does."""
-    conf = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(cfg), resolve=True)) \
-        if not isinstance(cfg, DictConfig) else OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    source = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    conf = OmegaConf.create(OmegaConf.to_container(source, resolve=True, throw_on_missing=False))
     if "model" in conf and "preprocessor" not in conf:
         raise ValueError("pass the `model:` block of the config, not the whole experiment config "
                          "(use cfg.model)")
