@@ -1,0 +1,77 @@
+"""Atomic checkpoint files of a whole TrainState, with and without Fabric."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from nemofn.core.rng import RngKey
+from nemofn.core.state import DataPosition, ModelState, TrainState
+from nemofn.optim.adam import adamw
+from nemofn.train.checkpoint import checkpoint_name, latest_checkpoint, load_checkpoint, save_checkpoint
+
+
+def _state(seed: int) -> TrainState:
+    g = torch.Generator().manual_seed(seed)
+    ms = ModelState.create({"enc": {"w": torch.randn(3, 2, generator=g)}}, {"enc": {"n": torch.tensor(seed)}})
+    return TrainState.create(ms, adamw(), rng=RngKey(seed))
+
+
+def test_save_then_load_restores_the_state_and_extra(tmp_path):
+    src = _state(1).replace(step=12, data=DataPosition(2, 5, 9))
+    path = save_checkpoint(tmp_path / checkpoint_name(src.step), src, extra={"note": "hello"}, link_last=True)
+    assert path.name == "step=00000012.ckpt"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "step=00000012.ckpt"]  # no .tmp left over
+    assert os.path.samefile(tmp_path / "last.ckpt", path)
+    dst = _state(2)
+    extra = load_checkpoint(tmp_path / "last.ckpt", dst)
+    assert extra == {"note": "hello"}
+    assert dst.step == 12 and dst.data == DataPosition(2, 5, 9) and dst.rng == RngKey(1)
+    assert torch.equal(dst.model.params["enc"]["w"], src.model.params["enc"]["w"])
+    assert int(dst.model.buffers["enc"]["n"]) == 1
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "a.ckpt"
+    save_checkpoint(path, _state(1))
+    before = path.read_bytes()
+
+    def broken_save(obj, f, *args, **kwargs):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, _state(3))
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ckpt"]  # the partial temp file is removed
+
+
+def test_latest_checkpoint_and_errors(tmp_path):
+    assert latest_checkpoint(tmp_path) is None
+    for step in (3, 20, 7):
+        save_checkpoint(tmp_path / checkpoint_name(step), _state(step))
+    assert latest_checkpoint(tmp_path).name == "step=00000020.ckpt"
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "missing.ckpt", _state(0))
+    with pytest.raises(KeyError, match="reserved keys"):
+        save_checkpoint(tmp_path / "x.ckpt", _state(0), extra={"train_state": 1})
+
+
+def test_fabric_save_and_load_round_trip(tmp_path):
+    from lightning_fabric import Fabric
+
+    from nemofn.train.adapter import setup_fabric
+
+    fabric = Fabric(accelerator="cpu", devices=1, precision="bf16-mixed")
+    fabric.launch()
+    src, _ = setup_fabric(fabric, _state(1).model, adamw(), rng=4)
+    src = src.replace(step=5)
+    save_checkpoint(tmp_path / "f.ckpt", src, fabric=fabric, extra={"k": 1})
+    dst, _ = setup_fabric(fabric, _state(2).model, adamw())
+    assert load_checkpoint(tmp_path / "f.ckpt", dst, fabric=fabric) == {"k": 1}
+    assert dst.step == 5 and dst.rng == RngKey(4)
+    assert torch.equal(dst.model.params["enc"]["w"], src.model.params["enc"]["w"])
