@@ -50,8 +50,15 @@ class RngKey:
         return g
 
     def seed_global(self) -> None:
-        """Seeds torch's global CPU (and CUDA, if present) generators from this key."""
-        torch.manual_seed(self.to_int())
+        """Seeds torch's global CPU generator (and the CUDA ones once CUDA is in use) from this key.
+
+        Not ``torch.manual_seed``: where CUDA is not initialised, that call also queues a lazy CUDA seeding that
+        records a stack trace (about 0.45 ms here, a third of a tiny model's whole step).
+        """
+        seed = self.to_int()
+        torch.default_generator.manual_seed(seed)
+        if torch.cuda.is_initialized():
+            torch.cuda.manual_seed_all(seed)
 
 
 def as_key(rng: RngKey | int | None) -> RngKey:

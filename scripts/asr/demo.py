@@ -14,9 +14,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from compat.collections.asr.models import EncDecCTCModel
+from compat.collections.asr.models import EncDecCTCModel, EncDecCTCModelBPE
 from nemofn.asr.data.demo_corpus import CorpusSpec, make_demo_corpus
 from nemofn.asr.recipes.ctc_training import train_ctc
+from nemofn.asr.tokenizers.builder import process_asr_text_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,6 +28,7 @@ def main() -> None:
     parser.add_argument("--work-dir", default="demo_run")
     parser.add_argument("--num-train", type=int, default=3000)
     parser.add_argument("--num-eval", type=int, default=200, help="utterances in each of validation and test")
+    parser.add_argument("--vocab-size", type=int, default=128, help="BPE pieces when the config needs a tokenizer")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides (OmegaConf dot-list)")
     args = parser.parse_args()
 
@@ -37,6 +39,9 @@ def main() -> None:
     cfg.model.train_ds.manifest_filepath = str(manifests["train"])
     cfg.model.validation_ds.manifest_filepath = str(manifests["validation"])
     cfg.model.test_ds.manifest_filepath = str(manifests["test"])
+    if "tokenizer" in cfg.model and not cfg.model.tokenizer.get("dir"):
+        cfg.model.tokenizer.dir = str(process_asr_text_tokenizer(
+            data_root=work / "tokenizer", manifest=str(manifests["train"]), vocab_size=args.vocab_size))
 
     start = time.perf_counter()
     model, result = train_ctc(cfg.model, cfg.trainer, log_dir=str(work / "logs"), run_name=cfg.name,
@@ -49,7 +54,8 @@ def main() -> None:
     for hyp, ref in list(zip(hyps, refs))[:5]:
         print(f"  REF: {ref}\n  HYP: {hyp}")
     nemo_path = work / "model.nemo"
-    EncDecCTCModel.from_functional(model, state).save_to(str(nemo_path))
+    cls = EncDecCTCModelBPE if "tokenizer" in cfg.model else EncDecCTCModel
+    cls.from_functional(model, state).save_to(str(nemo_path))
     print(f"saved {nemo_path} (restores in NeMo 3.0 and in compat)")
 
 
