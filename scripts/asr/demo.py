@@ -1,6 +1,6 @@
 """The main job: build the eSpeak demo corpus, train a small CTC model on the CPU, transcribe the test split.
 
-    python scripts/asr/demo.py                       # defaults: configs/asr/quartznet_demo_char.yaml
+    python scripts/asr/demo.py                       # defaults: configs/asr/conformer_demo_bpe.yaml (--config for another)
     python scripts/asr/demo.py trainer.max_steps=300 # any key=value override of the config
 
 Everything lands under ``--work-dir`` (default ``./demo_run``): the corpus, logs, and ``model.nemo``.
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(ROOT / "configs/asr/quartznet_demo_char.yaml"))
+    parser.add_argument("--config", default=str(ROOT / "configs/asr/conformer_demo_bpe.yaml"))
     parser.add_argument("--work-dir", default="demo_run")
     parser.add_argument("--num-train", type=int, default=3000)
     parser.add_argument("--num-eval", type=int, default=200, help="utterances in each of validation and test")
