@@ -56,7 +56,7 @@ def main() -> None:
     nemo_path = work / "model.nemo"
     cls = EncDecCTCModelBPE if "tokenizer" in cfg.model else EncDecCTCModel
     cls.from_functional(model, state).save_to(str(nemo_path))
-    print(f"saved {nemo_path} (restores in NeMo 3.0 and in compat)")
+    print(f"saved {nemo_path} (restore it with compat.collections.asr.models.ASRModel.restore_from)")
 
 
 if __name__ == "__main__":
