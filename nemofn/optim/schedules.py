@@ -368,13 +368,6 @@ class WarmupHoldAnnealOneMinusSquareRoot(WarmupHoldPolicy):
 
     needs_max_steps = True
 
-    def __init__(self, base_lr: float, *, max_steps: int | None = None, min_lr: float = 0.0, last_epoch: int = -1,
-                 warmup_steps: float | None = None, warmup_ratio: float | None = None,
-                 hold_steps: float | None = None, hold_ratio: float | None = None):
-        super().__init__(base_lr, max_steps=max_steps, min_lr=min_lr, last_epoch=last_epoch,
-                         warmup_steps=warmup_steps, warmup_ratio=warmup_ratio, hold_steps=hold_steps,
-                         hold_ratio=hold_ratio)
-
     def _anneal_lr(self, step: int) -> float:
         mult = 1 - ((step - self.hold_steps) / (self.max_steps - self.hold_steps)) ** 0.5
         return max(self.min_lr, self.base_lr * mult)
@@ -384,13 +377,6 @@ class WarmupHoldAnnealLinear(WarmupHoldPolicy):
     """Warmup, hold, then linear ``base - (base - min) * (s - hold_end) / (M - hold_end)``."""
 
     needs_max_steps = True
-
-    def __init__(self, base_lr: float, *, max_steps: int | None = None, min_lr: float = 0.0, last_epoch: int = -1,
-                 warmup_steps: float | None = None, warmup_ratio: float | None = None,
-                 hold_steps: float | None = None, hold_ratio: float | None = None):
-        super().__init__(base_lr, max_steps=max_steps, min_lr=min_lr, last_epoch=last_epoch,
-                         warmup_steps=warmup_steps, warmup_ratio=warmup_ratio, hold_steps=hold_steps,
-                         hold_ratio=hold_ratio)
 
     def _anneal_lr(self, step: int) -> float:
         ratio = (step - self.hold_steps) / (self.max_steps - self.hold_steps)
