@@ -105,7 +105,7 @@ class _EpochSeededLoader(DataLoader):
 
     def __iter__(self):  # type: ignore[override]
         sampler = self.batch_sampler
-        if isinstance(sampler, ResumableBatchSampler) and self.generator is not None:
+        if hasattr(sampler, "seed") and hasattr(sampler, "epoch") and self.generator is not None:
             self.generator.manual_seed(_epoch_seed(sampler.seed, sampler.epoch))
         return super().__iter__()
 
@@ -113,7 +113,7 @@ class _EpochSeededLoader(DataLoader):
 def make_loader(data: Dataset | DataLoader, *, batch_size: int | None = None, shuffle: bool | None = None,
                 seed: int = 0, num_replicas: int = 1, rank: int = 0, drop_last: bool | None = None,
                 collate_fn: Callable | None = None, num_workers: int | None = None,
-                pin_memory: bool | None = None) -> DataLoader:
+                pin_memory: bool | None = None, batch_sampler: Callable[..., Any] | None = None) -> DataLoader:
     """A ``DataLoader`` over a :class:`ResumableBatchSampler`.
 
     Args:
@@ -122,6 +122,10 @@ def make_loader(data: Dataset | DataLoader, *, batch_size: int | None = None, sh
         shuffle: default ``True`` for a dataset; for a loader, whether its sampler was a ``RandomSampler``.
         seed: shuffle seed. ``num_replicas``/``rank``: the data-parallel world.
         drop_last, collate_fn, num_workers, pin_memory: as ``DataLoader`` (defaults: the loader's, or torch's).
+        batch_sampler: a factory ``(seed=, num_replicas=, rank=) -> sampler`` used instead of
+            :class:`ResumableBatchSampler`, e.g. duration-bucketed batching. The sampler must be resumable: a pure
+            function of ``(seed, epoch)`` with ``set_position(epoch, start_batch)``, ``batches_per_epoch`` and
+            ``batch_size`` (``nemofn.asr.data.batching.SemiSortedBatchSampler`` is one).
 
     Raises:
         TypeError: for an iterable-style dataset, or a loader with a custom sampler (neither can resume exactly).
@@ -151,8 +155,11 @@ def make_loader(data: Dataset | DataLoader, *, batch_size: int | None = None, sh
                             "deterministically; got an IterableDataset")
     if batch_size is None:
         raise ValueError("make_loader: batch_size is required")
-    sampler = ResumableBatchSampler(len(dataset), batch_size, shuffle=True if shuffle is None else shuffle,
-                                    seed=seed, num_replicas=num_replicas, rank=rank, drop_last=bool(drop_last))
+    if batch_sampler is not None:
+        sampler = batch_sampler(seed=seed, num_replicas=num_replicas, rank=rank)
+    else:
+        sampler = ResumableBatchSampler(len(dataset), batch_size, shuffle=True if shuffle is None else shuffle,
+                                        seed=seed, num_replicas=num_replicas, rank=rank, drop_last=bool(drop_last))
     kwargs: dict[str, Any] = {"num_workers": num_workers or 0, "pin_memory": bool(pin_memory)}
     if collate_fn is not None:
         kwargs["collate_fn"] = collate_fn

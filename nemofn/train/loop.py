@@ -62,6 +62,8 @@ class FitConfig:
         resume_from: a checkpoint path, or ``"last"`` for the newest one in ``checkpoint_dir`` (none: start fresh).
         seed: the base RNG key and the shuffle seed of a fresh state.
         shuffle, drop_last, num_workers, collate_fn, val_batch_size: data-loading options.
+        batch_sampler: a resumable batch-sampler factory for the training data (see
+            :func:`nemofn.train.data.make_loader`), e.g. duration-sorted batches; default: shuffled batches.
         progress_bar: show a tqdm bar on rank 0.
         sync_batchnorm: not supported (raises); see the module doc.
     """
@@ -90,6 +92,7 @@ class FitConfig:
     drop_last: bool = False
     num_workers: int = 0
     collate_fn: Callable | None = None
+    batch_sampler: Callable | None = None
     val_batch_size: int | None = None
     progress_bar: bool = True
     sync_batchnorm: bool = False
@@ -182,7 +185,7 @@ def _run(fabric: Any, model: ModelState | TrainState, step: StepConfig, train_da
     world, rank = fabric.world_size, fabric.global_rank
     loader = make_loader(train_data, batch_size=cfg.batch_size, shuffle=cfg.shuffle, seed=state.data.seed,
                          num_replicas=world, rank=rank, drop_last=cfg.drop_last, collate_fn=cfg.collate_fn,
-                         num_workers=cfg.num_workers)
+                         num_workers=cfg.num_workers, batch_sampler=cfg.batch_sampler)
     sampler = loader.batch_sampler
     train_loader = fabric.setup_dataloaders(loader, use_distributed_sampler=False)
     val_loader = None

@@ -91,13 +91,18 @@ class EpochBatchSampler(torch.utils.data.Sampler):
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Selects the epoch to iterate, and the batch to start at (to resume mid-epoch)."""
-        if not 0 <= start_batch <= self.batches_per_epoch():
-            raise ValueError(f"start_batch must be in [0, {self.batches_per_epoch()}], got {start_batch}")
+        if not 0 <= start_batch <= self.batches_per_epoch:
+            raise ValueError(f"start_batch must be in [0, {self.batches_per_epoch}], got {start_batch}")
         self.epoch, self.start_batch = int(epoch), int(start_batch)
+
+    def set_position(self, epoch: int, start_batch: int = 0) -> None:
+        """The training loop's name for :meth:`set_epoch` (``nemofn.train.data`` sampler protocol)."""
+        self.set_epoch(epoch, start_batch)
 
     def samples_per_rank(self) -> int:
         return math.ceil(self.num_samples / self.num_replicas)
 
+    @property
     def batches_per_epoch(self) -> int:
         """Number of batches each rank gets per epoch."""
         n = self.samples_per_rank()
@@ -121,7 +126,7 @@ class EpochBatchSampler(torch.utils.data.Sampler):
         yield from self.epoch_batches(self.epoch)[self.start_batch :]
 
     def __len__(self) -> int:
-        return self.batches_per_epoch() - self.start_batch
+        return self.batches_per_epoch - self.start_batch
 
     def state_dict(self) -> dict:
         return {"seed": self.seed, "epoch": self.epoch, "start_batch": self.start_batch}

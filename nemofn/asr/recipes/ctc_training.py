@@ -103,9 +103,24 @@ def train_ctc(model_cfg: Mapping[str, Any], trainer_cfg: Mapping[str, Any], *, m
                                    "shuffle": bool(train_cfg.get("shuffle", True)),
                                    "num_workers": int(train_cfg.get("num_workers", 0) or 0),
                                    "collate_fn": dataset.collate_fn,
+                                   "batch_sampler": _batch_sampler(train_cfg, dataset),
                                    "val_batch_size": int((val_cfg or {}).get("batch_size", 32))})
     start = state if state is not None else model.init_state(fit_cfg.seed)
     return model, fit(start, step, dataset, val_data, config=fit_cfg)
+
+
+def _batch_sampler(train_cfg: Mapping[str, Any], dataset: Any) -> Any:
+    """NeMo's ``use_semi_sorted_batching`` as a resumable factory for :func:`fit` (``None``: shuffled batches)."""
+    if not train_cfg.get("use_semi_sorted_batching", False):
+        return None
+    from functools import partial
+
+    from nemofn.asr.data.batching import SemiSortedBatchSampler
+
+    factor = train_cfg.get("randomization_factor")
+    return partial(SemiSortedBatchSampler, dataset.durations, int(train_cfg.get("batch_size", 32)),
+                   shuffle=bool(train_cfg.get("shuffle", True)), drop_last=bool(train_cfg.get("drop_last", False)),
+                   randomization_factor=0.1 if factor is None else float(factor))
 
 
 def _fields(cfg: FitConfig) -> dict[str, Any]:
