@@ -26,8 +26,10 @@ def conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, str
     """``F.conv1d`` with faster CPU kernels for the two shapes ASR models are made of (same results to fp32
     rounding):
 
-    * grouped / depthwise convs run as ``conv2d`` with a ``[k, 1]`` kernel on ``[B, C, T, 1]`` (oneDNN's 1-D
-      grouped path is several times slower than its 2-D one on the CPU);
+    * grouped / depthwise convs run as ``conv2d`` with a ``[k, 1]`` kernel on ``[B, C, T, 1]`` in channels-last
+      memory (oneDNN's 1-D grouped path is several times slower than its 2-D one on the CPU, and its channels-last
+      depthwise kernels about twice as fast again as the channels-first ones); the result is then a
+      ``[B, C, T]`` view with time-major strides;
     * ungrouped pointwise convs (``k == 1``, no stride/padding/dilation) run as a matmul.
 
     Args:
@@ -38,7 +40,8 @@ def conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, str
     if dilation > 1 and stride == 1 and isinstance(pad, int) and x.ndim == 3:
         return _dilated_conv1d(x, weight, bias, pad, dilation, groups)
     if groups > 1 and x.ndim == 3:
-        y = F.conv2d(x.unsqueeze(-1), weight.unsqueeze(-1), bias, (stride, 1),
+        x = x.unsqueeze(-1).contiguous(memory_format=torch.channels_last)
+        y = F.conv2d(x, weight.unsqueeze(-1), bias, (stride, 1),
                      pad if isinstance(pad, str) else (pad, 0), (dilation, 1), groups)
         return y.squeeze(-1)
     if groups == 1 and weight.shape[-1] == 1 and stride == 1 and dilation == 1 and pad in (0, "same", "valid"):

@@ -81,7 +81,7 @@ VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "a
 class CorpusSpec:
     """Everything the corpus depends on (written to ``corpus.json``)."""
 
-    num_train: int = 3000
+    num_train: int = 6000
     num_val: int = 200
     num_test: int = 200
     seed: int = 0
@@ -381,13 +381,13 @@ def make_demo_corpus(out_dir: str | os.PathLike, spec: CorpusSpec = CorpusSpec()
 
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:
-    """Command line: ``python scripts/data/make_demo_corpus.py --out DIR --num-train 3000 --num-val 200 ...``."""
+    """Command line: ``python scripts/data/make_demo_corpus.py --out DIR --num-train 6000 --num-val 200 ...``."""
     p = argparse.ArgumentParser(description="Synthesise a small English speech corpus with eSpeak NG "
                                             "(NeMo manifests, 16 kHz mono WAV)")
     p.add_argument("--out", required=True, help="corpus folder")
-    p.add_argument("--num-train", type=int, default=3000)
-    p.add_argument("--num-val", type=int, default=200)
-    p.add_argument("--num-test", type=int, default=200)
+    p.add_argument("--num-train", type=int, default=CorpusSpec().num_train)
+    p.add_argument("--num-val", type=int, default=CorpusSpec().num_val)
+    p.add_argument("--num-test", type=int, default=CorpusSpec().num_test)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-workers", type=int, default=min(2, os.cpu_count() or 1))
     args = p.parse_args(argv)
