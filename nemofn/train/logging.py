@@ -78,9 +78,13 @@ class ProgressBar:
         if self._bar is not None:
             self._bar.update(1)
 
+    def elapsed(self) -> float:
+        """Seconds since the bar started."""
+        return time.perf_counter() - self._t0
+
     def throughput(self) -> float:
         """Samples per second since the bar started (all ranks together)."""
-        elapsed = time.perf_counter() - self._t0
+        elapsed = self.elapsed()
         return self._steps * self.samples_per_step / elapsed if elapsed > 0 else 0.0
 
     def show(self, values: Mapping[str, float]) -> None:

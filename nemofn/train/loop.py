@@ -64,6 +64,9 @@ class FitConfig:
         shuffle, drop_last, num_workers, collate_fn, val_batch_size: data-loading options.
         batch_sampler: a resumable batch-sampler factory for the training data (see
             :func:`nemofn.train.data.make_loader`), e.g. duration-sorted batches; default: shuffled batches.
+        val_metrics: ``val_metrics(model_state) -> {name: float}``, extra validation metrics that need more than the
+            objective (e.g. a WER, which decodes to text); run after the loss pass and logged as ``val_<name>``.
+            It is called on every rank with the full model state and must not change it.
         progress_bar: show a tqdm bar on rank 0.
         sync_batchnorm: not supported (raises); see the module doc.
     """
@@ -94,6 +97,7 @@ class FitConfig:
     collate_fn: Callable | None = None
     batch_sampler: Callable | None = None
     val_batch_size: int | None = None
+    val_metrics: Callable[[ModelState], Any] | None = None
     progress_bar: bool = True
     sync_batchnorm: bool = False
 
@@ -117,8 +121,9 @@ class FitConfig:
 class FitResult:
     """What :func:`fit` returns: the final :class:`TrainState` and the logged metrics, one dict per log point.
 
-    ``history`` rows hold ``step``, ``epoch`` and either the training metrics (``loss``, ``lr``, ``grad_norm``,
-    ``samples_per_s``, the objective's) or the validation metrics prefixed ``val_``.
+    ``history`` rows hold ``step``, ``epoch``, ``elapsed_s`` (seconds since the loop started, this process) and
+    either the training metrics (``loss``, ``lr``, ``grad_norm``, ``samples_per_s``, the objective's) or the
+    validation metrics prefixed ``val_`` (``val_loss``, the objective's, and those of ``FitConfig.val_metrics``).
     """
 
     state: TrainState
@@ -233,14 +238,16 @@ def _run(fabric: Any, model: ModelState | TrainState, step: StepConfig, train_da
                 values = to_floats(metrics)
                 values["samples_per_s"] = bar.throughput()
                 fabric.log_dict(values, step=state.step)
-                history.append({"step": state.step, "epoch": state.data.epoch, **values})
+                history.append({"step": state.step, "epoch": state.data.epoch, "elapsed_s": bar.elapsed(), **values})
                 bar.show(values)
             if val_loader is not None and (
                     (cfg.val_every_n_steps and state.step % cfg.val_every_n_steps == 0)
                     or (epoch_ended and val_every_n_epochs and state.data.epoch % val_every_n_epochs == 0)):
                 values = {f"val_{k}": v for k, v in evaluate(state, val_loader, step, runtime).items()}
+                if cfg.val_metrics is not None:
+                    values.update({f"val_{k}": float(v) for k, v in cfg.val_metrics(state.model).items()})
                 fabric.log_dict(values, step=state.step)
-                history.append({"step": state.step, "epoch": state.data.epoch, **values})
+                history.append({"step": state.step, "epoch": state.data.epoch, "elapsed_s": bar.elapsed(), **values})
             if cfg.checkpoint_dir and cfg.checkpoint_every_n_steps and state.step % cfg.checkpoint_every_n_steps == 0:
                 _save(cfg, state, fabric)
                 saved_at = state.step

@@ -53,7 +53,8 @@ def test_fit_trains_logs_validates_and_checkpoints(tmp_path):
     train_rows = [h for h in history if "loss" in h]
     val_rows = [h for h in history if "val_loss" in h]
     assert [h["step"] for h in train_rows] == list(range(2, 25, 2))
-    assert {"lr", "grad_norm", "samples_per_s", "epoch"} <= set(train_rows[0])
+    assert {"lr", "grad_norm", "samples_per_s", "epoch", "elapsed_s"} <= set(train_rows[0])
+    assert all(a["elapsed_s"] <= b["elapsed_s"] for a, b in zip(history, history[1:]))
     assert [h["step"] for h in val_rows] == [5, 10, 12, 15, 20, 24]
     assert val_rows[-1]["val_loss"] < 0.5 * val_rows[0]["val_loss"]
     run_dir = tmp_path / "logs" / "nemofn" / "version_0"
@@ -63,6 +64,29 @@ def test_fit_trains_logs_validates_and_checkpoints(tmp_path):
     assert any(p.name.startswith("events.out.tfevents") for p in run_dir.iterdir())
     ckpts = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
     assert ckpts == ["last.ckpt", "step=00000010.ckpt", "step=00000020.ckpt", "step=00000024.ckpt"]
+
+
+def test_val_metrics_are_computed_from_the_model_state_and_logged(tmp_path):
+    val = _data(32, seed=1)
+    x, y = val.tensors
+    seen_steps = []
+
+    def val_mae(model_state):
+        seen_steps.append(len(seen_steps))
+        with torch.no_grad():
+            pred, _ = NET.apply(model_state.params, model_state.buffers, x, train=False)
+        return {"mae": (pred - y).abs().mean()}
+
+    result = fit(_model(), _step(), _data(96), val, max_steps=12, batch_size=16, val_every_n_steps=6,
+                 val_metrics=val_mae, loggers=("csv",), log_dir=str(tmp_path / "logs"), accelerator="cpu",
+                 progress_bar=False)
+    val_rows = [h for h in result.history if "val_loss" in h]
+    assert [h["step"] for h in val_rows] == [6, 12] and len(seen_steps) == 2
+    assert all(isinstance(h["val_mae"], float) for h in val_rows)
+    assert val_rows[1]["val_mae"] < val_rows[0]["val_mae"]
+    with open(tmp_path / "logs" / "nemofn" / "version_0" / "metrics.csv") as f:
+        logged = [row for row in csv.DictReader(f) if row.get("val_mae")]
+    assert len(logged) == 2 and float(logged[1]["val_mae"]) == pytest.approx(val_rows[1]["val_mae"])
 
 
 def test_resumed_run_is_bitwise_equal_to_the_uninterrupted_run(tmp_path):

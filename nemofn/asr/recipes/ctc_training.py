@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+
 from nemofn.asr.models.ctc_model import CTCModel
 from nemofn.train.loop import FitConfig, FitResult, fit
 from nemofn.train.step import StepConfig
 
-__all__ = ["fit_config_from_trainer", "train_ctc", "TRAINER_KEYS_IGNORED"]
+__all__ = ["fit_config_from_trainer", "train_ctc", "ValidationWER", "TRAINER_KEYS_IGNORED"]
 
 #: Lightning ``trainer:`` keys that have no effect here (exp_manager owns logging/checkpoints in NeMo configs).
 TRAINER_KEYS_IGNORED = frozenset({
@@ -68,6 +70,20 @@ def fit_config_from_trainer(trainer: Mapping[str, Any], **options: Any) -> tuple
     return FitConfig(**kwargs), (float(clip) if clip else None)
 
 
+class ValidationWER:
+    """``FitConfig.val_metrics`` for a CTC model: ``{"wer": corpus WER of greedy transcripts}`` on a dataset
+    (logged as ``val_wer``, the metric NeMo's CTC models log and ``exp_manager`` configs monitor)."""
+
+    def __init__(self, model: CTCModel, dataset: Any, batch_size: int = 32) -> None:
+        self.model, self.dataset, self.batch_size = model, dataset, batch_size
+
+    def __call__(self, state: Any) -> dict[str, float]:
+        loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False,
+                                             collate_fn=self.dataset.collate_fn)
+        wer, _, _ = self.model.evaluate_wer(state, loader)
+        return {"wer": wer}
+
+
 def train_ctc(model_cfg: Mapping[str, Any], trainer_cfg: Mapping[str, Any], *, model: CTCModel | None = None,
               state: Any = None, compile: bool = False, **fit_options: Any) -> tuple[CTCModel, FitResult]:
     """Builds the model, its data and optimization from the config, and trains it with :func:`nemofn.train.fit`.
@@ -88,6 +104,7 @@ def train_ctc(model_cfg: Mapping[str, Any], trainer_cfg: Mapping[str, Any], *, m
     val_cfg = model_cfg.get("validation_ds")
     if val_cfg is not None and val_cfg.get("manifest_filepath"):
         val_data = model.dataloader(model.dataset_config(val_cfg)).dataset
+    val_batch_size = int((val_cfg or {}).get("batch_size", 32))
     if fit_cfg.max_steps is not None:
         max_steps = fit_cfg.max_steps
     else:
@@ -104,7 +121,8 @@ def train_ctc(model_cfg: Mapping[str, Any], trainer_cfg: Mapping[str, Any], *, m
                                    "num_workers": int(train_cfg.get("num_workers", 0) or 0),
                                    "collate_fn": dataset.collate_fn,
                                    "batch_sampler": _batch_sampler(train_cfg, dataset),
-                                   "val_batch_size": int((val_cfg or {}).get("batch_size", 32))})
+                                   "val_batch_size": val_batch_size,
+                                   "val_metrics": ValidationWER(model, val_data, val_batch_size) if val_data is not None else None})
     start = state if state is not None else model.init_state(fit_cfg.seed)
     return model, fit(start, step, dataset, val_data, config=fit_cfg)
 
