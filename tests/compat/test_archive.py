@@ -451,7 +451,7 @@ def test_failed_save_keeps_the_previous_file(tmp_path: Path, monkeypatch: pytest
             raise OSError("disk full (simulated)")
         return info
 
-    monkeypatch.setattr(nemo_archive, "_normalise_tarinfo", fail_on_weights)
+    monkeypatch.setattr("compat.archive.tar._normalise_tarinfo", fail_on_weights)
     with pytest.raises(OSError, match="simulated"):
         save_nemo(out, _tiny_config(), {"w": torch.ones(3)})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.nemo"]

@@ -1,0 +1,58 @@
+"""Reading and writing `.nemo` archives, the format real NeMo (2.x and 3.0) saves and restores.
+
+A ``.nemo`` is a tar (gzip tar before NeMo 1.7) holding ``model_config.yaml`` (the model-level config),
+``model_weights.ckpt`` (``torch.save`` of a flat ``{state-dict key: Tensor}`` dict) and artifacts stored flat as
+``<uuid4 hex>_<basename>`` (NEMO_FACTS 1). Reading::
+
+    with open_nemo("model.nemo") as archive:
+        cfg = archive.load_config()                      # DictConfig
+        state = archive.state_dict()                     # {"encoder.encoder.0.mconv.0.conv.weight": Tensor, ...}
+        tok = archive.resolve_artifact(cfg.tokenizer.model_path)   # "nemo:<hex>_tokenizer.model" -> local path
+
+Writing (:func:`save_nemo`) produces exactly NeMo's layout: an uncompressed tar built with ``arcname="."``
+(members ``.``, then ``./<hex>_<name>`` artifacts, ``./model_config.yaml``, ``./model_weights.ckpt``, sorted),
+written to a temporary file beside the destination and renamed into place.
+
+Safety: extraction refuses (with :class:`~compat.errors.UnsafeArchiveError`, never silently) absolute member
+names, ``..`` components, links and devices, and never writes outside its folder. Weights are only ever loaded
+with ``torch.load(weights_only=True)``. ``torch`` is imported on first use, so reading a config does not need it.
+
+The package is split by job: :mod:`compat.archive.tar` (opening, safe extraction, packing a folder),
+:mod:`compat.archive.reader` (:func:`open_nemo`, :class:`NemoArchive`, config and weight loading) and
+:mod:`compat.archive.writer` (:func:`save_nemo`, :func:`write_nemo_folder`); every public name is re-exported here.
+"""
+
+from __future__ import annotations
+
+# DEFAULT_NEMO_VERSION stays out of __all__, as before, but compat.core.classes.modelpt imports it from here.
+from compat.archive._common import DEFAULT_NEMO_VERSION, MODEL_CONFIG_YAML, MODEL_WEIGHTS_CKPT
+from compat.archive.reader import (
+    NemoArchive,
+    apply_override,
+    extract_state_dict,
+    load_config,
+    load_state_dict,
+    load_weights_file,
+    maybe_update_config_version,
+    open_nemo,
+)
+from compat.archive.tar import open_tar, pack_folder, unpack
+from compat.archive.writer import save_nemo, write_nemo_folder
+
+__all__ = [
+    "MODEL_CONFIG_YAML",
+    "MODEL_WEIGHTS_CKPT",
+    "NemoArchive",
+    "open_nemo",
+    "open_tar",
+    "unpack",
+    "load_config",
+    "load_state_dict",
+    "load_weights_file",
+    "apply_override",
+    "maybe_update_config_version",
+    "extract_state_dict",
+    "save_nemo",
+    "write_nemo_folder",
+    "pack_folder",
+]
