@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from compat.collections.asr.models import EncDecCTCModel, EncDecCTCModelBPE
 from nemofn.asr.data.demo_corpus import CorpusSpec, make_demo_corpus
-from nemofn.asr.recipes.ctc_training import train_ctc
+from nemofn.asr.recipes.ctc_training import fit_config_from_trainer, train_ctc
 from nemofn.asr.tokenizers.builder import process_asr_text_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,9 +33,10 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(args.work_dir)
+    cfg = OmegaConf.merge(OmegaConf.load(args.config), OmegaConf.from_dotlist(args.overrides))
+    fit_config_from_trainer(cfg.trainer)  # a bad trainer key fails now, not after the corpus is built
     spec = CorpusSpec(num_train=args.num_train, num_val=args.num_eval, num_test=args.num_eval)
     manifests = make_demo_corpus(work / "corpus", spec)
-    cfg = OmegaConf.merge(OmegaConf.load(args.config), OmegaConf.from_dotlist(args.overrides))
     cfg.model.train_ds.manifest_filepath = str(manifests["train"])
     cfg.model.validation_ds.manifest_filepath = str(manifests["validation"])
     cfg.model.test_ds.manifest_filepath = str(manifests["test"])

@@ -30,3 +30,12 @@ def test_demo_script_runs_end_to_end(tmp_path):
     assert type(model).__name__ == "EncDecCTCModelBPE"
     hyps = model.transcribe(sorted((work / "corpus" / "wavs" / "test").glob("*.wav"))[:2], verbose=False)
     assert len(hyps) == 2
+
+
+def test_demo_script_rejects_a_misspelt_trainer_key_before_building_the_corpus(tmp_path):
+    work = tmp_path / "demo"
+    run = subprocess.run([sys.executable, str(ROOT / "scripts/asr/demo.py"), "--work-dir", str(work),
+                          "trainer.max_step=5"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert "unsupported key(s) ['max_step']" in run.stderr and "'max_steps'" in run.stderr, run.stderr[-2000:]
+    assert not work.exists()  # failed in seconds, before synthesising anything
