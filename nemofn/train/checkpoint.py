@@ -20,9 +20,10 @@ from typing import Any
 
 import torch
 
-from nemofn.core.state import TrainState
+from nemofn.core.state import ModelState, TrainState
 
-__all__ = ["save_checkpoint", "load_checkpoint", "checkpoint_name", "latest_checkpoint", "LAST"]
+__all__ = ["save_checkpoint", "load_checkpoint", "load_model_state", "checkpoint_name", "latest_checkpoint",
+           "LAST"]
 
 LAST = "last.ckpt"
 _STEP_FILE = re.compile(r"^step=(\d+)\.ckpt$")
@@ -112,6 +113,23 @@ def load_checkpoint(path: str | Path, state: TrainState, *, fabric: Any = None) 
         return ckpt
     objects: dict[str, Any] = {"train_state": state, "precision": fabric.strategy.precision}
     return fabric.load(path, objects, strict=False)
+
+
+def load_model_state(path: str | Path, model: ModelState) -> int:
+    """Copies only the model part (params and buffers) of the checkpoint at ``path`` into ``model``, e.g. to
+    evaluate it; the optimizer state and data position are not needed. Returns the checkpoint's step.
+
+    Raises:
+        FileNotFoundError: naming the path.
+        KeyError / ValueError: from :meth:`ModelState.load_state_dict` (strict: missing, unexpected or misshapen
+            keys are named).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    train_state = torch.load(path, map_location=model.device, weights_only=True)["train_state"]
+    model.load_state_dict({**train_state["params"], **train_state["buffers"]})
+    return int(train_state["step"])
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:

@@ -15,9 +15,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from compat.collections.asr.models import EncDecCTCModel, EncDecCTCModelBPE
-from nemofn.asr.data.demo_corpus import CorpusSpec, make_demo_corpus
+from nemofn.asr.data.demo_corpus import CorpusSpec
 from nemofn.asr.recipes.ctc_training import fit_config_from_trainer, train_ctc
-from nemofn.asr.tokenizers.builder import process_asr_text_tokenizer
+from nemofn.asr.recipes.demo_experiment import prepare_demo_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,7 +27,8 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "configs/asr/conformer_demo_bpe.yaml"))
     parser.add_argument("--work-dir", default="demo_run")
     parser.add_argument("--num-train", type=int, default=CorpusSpec().num_train)
-    parser.add_argument("--num-eval", type=int, default=CorpusSpec().num_test, help="utterances in each of validation and test")
+    parser.add_argument("--num-eval", type=int, default=CorpusSpec().num_test,
+                        help="utterances in each of validation and test")
     parser.add_argument("--vocab-size", type=int, default=128, help="BPE pieces when the config needs a tokenizer")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides (OmegaConf dot-list)")
     args = parser.parse_args()
@@ -36,13 +37,7 @@ def main() -> None:
     cfg = OmegaConf.merge(OmegaConf.load(args.config), OmegaConf.from_dotlist(args.overrides))
     fit_config_from_trainer(cfg.trainer)  # a bad trainer key fails now, not after the corpus is built
     spec = CorpusSpec(num_train=args.num_train, num_val=args.num_eval, num_test=args.num_eval)
-    manifests = make_demo_corpus(work / "corpus", spec)
-    cfg.model.train_ds.manifest_filepath = str(manifests["train"])
-    cfg.model.validation_ds.manifest_filepath = str(manifests["validation"])
-    cfg.model.test_ds.manifest_filepath = str(manifests["test"])
-    if "tokenizer" in cfg.model and not cfg.model.tokenizer.get("dir"):
-        cfg.model.tokenizer.dir = str(process_asr_text_tokenizer(
-            data_root=work / "tokenizer", manifest=str(manifests["train"]), vocab_size=args.vocab_size))
+    prepare_demo_experiment(cfg, work, spec, vocab_size=args.vocab_size)
 
     start = time.perf_counter()
     model, result = train_ctc(cfg.model, cfg.trainer, log_dir=str(work / "logs"), run_name=cfg.name,

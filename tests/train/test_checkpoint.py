@@ -10,7 +10,8 @@ import torch
 from nemofn.core.rng import RngKey
 from nemofn.core.state import DataPosition, ModelState, TrainState
 from nemofn.optim.adam import adamw
-from nemofn.train.checkpoint import checkpoint_name, latest_checkpoint, load_checkpoint, save_checkpoint
+from nemofn.train.checkpoint import (checkpoint_name, latest_checkpoint, load_checkpoint, load_model_state,
+                                     save_checkpoint)
 
 
 def _state(seed: int) -> TrainState:
@@ -31,6 +32,20 @@ def test_save_then_load_restores_the_state_and_extra(tmp_path):
     assert dst.step == 12 and dst.data == DataPosition(2, 5, 9) and dst.rng == RngKey(1)
     assert torch.equal(dst.model.params["enc"]["w"], src.model.params["enc"]["w"])
     assert int(dst.model.buffers["enc"]["n"]) == 1
+
+
+def test_load_model_state_takes_only_params_and_buffers(tmp_path):
+    src = _state(1).replace(step=7)
+    path = save_checkpoint(tmp_path / checkpoint_name(7), src)
+    model = _state(2).model
+    assert load_model_state(path, model) == 7
+    assert torch.equal(model.params["enc"]["w"], src.model.params["enc"]["w"])
+    assert int(model.buffers["enc"]["n"]) == 1
+    other = ModelState.create({"dec": {"w": torch.zeros(3, 2)}}, {})
+    with pytest.raises((KeyError, ValueError), match="enc.w|dec.w"):
+        load_model_state(path, other)
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        load_model_state(tmp_path / "missing.ckpt", model)
 
 
 def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
