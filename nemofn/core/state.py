@@ -186,11 +186,19 @@ class TrainState:
 
     @classmethod
     def create(cls, model: ModelState, optimizer: Any, *, rng: RngKey | int, data_seed: int = 0) -> TrainState:
-        """A fresh state at step 0: ``optimizer.init(model.param_list)`` (a ``nemofn.optim.Optimizer``)."""
+        """A fresh state at step 0: ``optimizer.init(model.param_list)`` (a ``nemofn.optim.Optimizer``).
+
+        Frozen parameters (``requires_grad=False``) get placeholders instead of optimizer state; the state is
+        created when such a parameter is first updated (``nemofn.optim.masked``).
+        """
         if not isinstance(model, ModelState):
             raise TypeError(f"expected a ModelState, got {type(model).__name__}; build one with ModelState.create"
                             "(params, buffers)")
-        return cls(model, optimizer.init(model.param_list), rng=rng, data=DataPosition(seed=data_seed))
+        from nemofn.optim.masked import init_masked
+
+        flags = [p.requires_grad for p in model.param_list]
+        active = None if all(flags) else [i for i, flag in enumerate(flags) if flag]
+        return cls(model, init_masked(optimizer, model.param_list, active), rng=rng, data=DataPosition(seed=data_seed))
 
     # -- linearity ------------------------------------------------------------------------------------------
 

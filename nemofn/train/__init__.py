@@ -15,15 +15,18 @@ Typical use without the loop (see ``scripts/examples/custom_loop.py``)::
 from nemofn.core.state import DataPosition, ModelState, TrainState
 from nemofn.train.adapter import FabricRuntime, FunctionalOptimizerShim, TreeModule, fsdp2_strategy, setup_fabric
 from nemofn.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from nemofn.train.data import ResumableBatchSampler, make_loader
-from nemofn.train.loop import FitConfig, FitResult, evaluate, fit
-from nemofn.train.step import MicroBatches, Objective, StepConfig, SupervisedObjective, eval_step, train_step
+from nemofn.train.data import make_loader
+from nemofn.train.loop import FitConfig, FitContext, FitResult, evaluate, fit
+from nemofn.train.objective import Objective, SupervisedObjective
+from nemofn.train.samplers import EpochBatchSampler, RandomBatchSampler, SemiSortedBatchSampler
+from nemofn.train.step import eval_step, train_step
+from nemofn.train.step_config import MicroBatches, StepConfig
 
 __all__ = [
     "ModelState", "TrainState", "DataPosition",
     "Objective", "StepConfig", "MicroBatches", "SupervisedObjective", "train_step", "eval_step",
     "TreeModule", "FunctionalOptimizerShim", "FabricRuntime", "setup_fabric", "fsdp2_strategy",
     "save_checkpoint", "load_checkpoint", "latest_checkpoint",
-    "ResumableBatchSampler", "make_loader",
-    "FitConfig", "FitResult", "fit", "evaluate",
+    "EpochBatchSampler", "RandomBatchSampler", "SemiSortedBatchSampler", "make_loader",
+    "FitConfig", "FitContext", "FitResult", "fit", "evaluate",
 ]

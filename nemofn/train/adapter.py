@@ -19,10 +19,9 @@
 Distributed notes
     * DDP: gradients are averaged by the backward hooks; buffers (BatchNorm running statistics) follow DDP's
       ``broadcast_buffers=True``: before each training forward rank 0's buffers are broadcast to every rank, so
-      the running statistics are those rank 0 computes from its own batches. SyncBatchNorm is **not** available:
-      Fabric/Lightning implement it by swapping ``nn.BatchNorm*`` submodules for ``nn.SyncBatchNorm``, and
-      nemofn's BatchNorm is a pure function inside ``apply`` with no such submodule, so
-      ``fit(sync_batchnorm=True)`` raises.
+      the running statistics are those rank 0 computes from its own batches. With ``sync_batchnorm``
+      (``StepConfig.sync_batchnorm``) the batch statistics of every training forward are all-reduced over the
+      ranks instead, as ``nn.SyncBatchNorm`` computes them (``nemofn.nn.norm.sync_batchnorm``).
     * FSDP (root module only): ``fit(strategy="fsdp2")`` runs; Fabric's FSDP1 ``FSDPStrategy`` is blocked on
       CPU. The details are in :data:`FSDP_STATUS`.
 """
@@ -38,8 +37,10 @@ from torch import nn
 
 from nemofn.core.state import ModelState, TrainState
 from nemofn.core.tree import Tree, tree_map
+from nemofn.optim.masked import masked_update
 
-__all__ = ["TreeModule", "FunctionalOptimizerShim", "FabricRuntime", "setup_fabric", "collect_grads", "is_sharded",
+__all__ = ["TreeModule", "FunctionalOptimizerShim", "FabricRuntime", "setup_fabric", "collect_grads",
+           "trainable_indices", "is_sharded", "register_tree", "read_tree",
            "fsdp2_strategy", "FSDP_STATUS"]
 
 FSDP_STATUS = """FSDP support, as checked with torch 2.13 and lightning-fabric 2.6 on CPU (gloo, 2 processes).
@@ -74,7 +75,8 @@ def _check_name(name: str, where: str) -> None:
         raise KeyError(f"tree key {name!r} under {where or '<root>'!r} must be a non-empty str without '.'")
 
 
-def _register(node: nn.Module, params: Mapping, buffers: Mapping, non_persistent: set[str], prefix: str) -> None:
+def register_tree(node: nn.Module, params: Mapping, buffers: Mapping, non_persistent: set[str] = frozenset(),
+                  prefix: str = "") -> None:
     """Registers the leaves of ``params``/``buffers`` on ``node`` and recurses into sub-dicts, one child per key.
 
     Leaves are written into ``_parameters`` / ``_buffers`` directly, so tree keys that shadow ``nn.Module``
@@ -90,7 +92,7 @@ def _register(node: nn.Module, params: Mapping, buffers: Mapping, non_persistent
             child = node._modules.get(key)
             if child is None:
                 child = node._modules[key] = _Node()
-            _register(child, p or {}, b or {}, non_persistent, name + ".")
+            register_tree(child, p or {}, b or {}, non_persistent, name + ".")
         elif p is not None:
             if not isinstance(p, nn.Parameter):
                 raise TypeError(f"param {name!r} is not an nn.Parameter; build the state with ModelState.create")
@@ -103,12 +105,12 @@ def _register(node: nn.Module, params: Mapping, buffers: Mapping, non_persistent
                 node._non_persistent_buffers_set.add(key)
 
 
-def _read(node: nn.Module, template: Mapping, kind: str) -> Tree:
+def read_tree(node: nn.Module, template: Mapping, kind: str) -> Tree:
     """Rebuilds a tree of ``template``'s shape from the tensors now registered on ``node``."""
     out: Tree = {}
     for key, value in template.items():
         if isinstance(value, Mapping):
-            out[key] = _read(node._modules[key], value, kind)
+            out[key] = read_tree(node._modules[key], value, kind)
         else:
             out[key] = (node._parameters if kind == "param" else node._buffers)[key]
     return out
@@ -135,7 +137,7 @@ class TreeModule(nn.Module):
         self.live = live
         if not isinstance(model, ModelState):
             raise TypeError(f"TreeModule takes a ModelState, got {type(model).__name__}")
-        _register(self, model.params, model.buffers, set(non_persistent), "")
+        register_tree(self, model.params, model.buffers, set(non_persistent), "")
         # Structure only (leaves None), so that the module holds no stale tensors after .to() replaced them.
         self._param_template = tree_map(lambda _: None, model.params)
         self._buffer_template = tree_map(lambda _: None, model.buffers)
@@ -145,20 +147,20 @@ class TreeModule(nn.Module):
     def forward(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Returns ``fn(params, buffers, *args, **kwargs)`` with this module's registered tensors."""
         if self.live:
-            return fn(_read(self, self._param_template, "param"), _read(self, self._buffer_template, "buffer"),
+            return fn(read_tree(self, self._param_template, "param"), read_tree(self, self._buffer_template, "buffer"),
                       *args, **kwargs)
         return fn(self._params_tree, self._buffers_tree, *args, **kwargs)
 
     def model_state(self) -> ModelState:
         """The trees of the tensors registered now (after ``.to(device)`` or sharding replaced some of them)."""
-        return ModelState(_read(self, self._param_template, "param"), _read(self, self._buffer_template, "buffer"))
+        return ModelState(read_tree(self, self._param_template, "param"), read_tree(self, self._buffer_template, "buffer"))
 
     def _apply(self, fn: Callable, recurse: bool = True) -> TreeModule:
         # ``.to()``/``.cuda()``/``.float()`` replace buffer objects (and parameters too under
         # torch.__future__.set_overwrite_module_params_on_conversion): re-read the trees afterwards.
         out = super()._apply(fn, recurse)
-        self._params_tree = _read(self, self._param_template, "param")
-        self._buffers_tree = _read(self, self._buffer_template, "buffer")
+        self._params_tree = read_tree(self, self._param_template, "param")
+        self._buffers_tree = read_tree(self, self._buffer_template, "buffer")
         return out
 
 
@@ -184,25 +186,37 @@ class FunctionalOptimizerShim(torch.optim.Optimizer):
             raise RuntimeError("FunctionalOptimizerShim.step: no opt_state set; train_step sets it before stepping")
         group = self.param_groups[0]
         params = group["params"]
-        grads = collect_grads(params, self.names)
-        self.opt_state = self.functional.update(params, grads, self.opt_state, lr=group["lr"])
+        active = trainable_indices(params)
+        grads = collect_grads(params, self.names, active)
+        self.opt_state = masked_update(self.functional, params, grads, self.opt_state, active, lr=group["lr"])
 
 
-def collect_grads(params: list[torch.Tensor], names: tuple[str, ...]) -> list[torch.Tensor]:
-    """``[p.grad for p in params]``, checked: functional optimizers update every listed parameter.
+def trainable_indices(params: list[torch.Tensor]) -> list[int] | None:
+    """Indices of the parameters that take gradients (``requires_grad``); ``None`` when all do (the fast path)."""
+    flags = [p.requires_grad for p in params]
+    return None if all(flags) else [i for i, flag in enumerate(flags) if flag]
+
+
+def collect_grads(params: list[torch.Tensor], names: tuple[str, ...],
+                  active: list[int] | None = None) -> list[torch.Tensor]:
+    """``[p.grad for p in params]`` of the ``active`` parameters (all when ``None``), checked: functional optimizers
+    update every parameter they are given, so a trainable parameter without a gradient is an error.
 
     A parameter with no local elements (an empty FSDP shard) and no gradient gets an empty zero gradient.
 
     Raises:
-        RuntimeError: naming the parameters that got no gradient.
+        RuntimeError: naming the trainable parameters that got no gradient.
     """
-    grads = [p.grad for p in params]
+    indices = range(len(params)) if active is None else active
+    grads = [params[i].grad for i in indices]
     if any(g is None for g in grads):
-        grads = [torch.zeros_like(p) if g is None and p.numel() == 0 else g for p, g in zip(params, grads)]
-        missing = [n for n, g in zip(names, grads) if g is None]
+        grads = [torch.zeros_like(params[i]) if g is None and params[i].numel() == 0 else g
+                 for i, g in zip(indices, grads)]
+        missing = [names[i] for i, g in zip(indices, grads) if g is None]
         if missing:
-            raise RuntimeError(f"no gradient for {len(missing)} parameter(s): {missing[:8]}; the objective must use "
-                               "every parameter (or leave unused ones out of the params tree)")
+            raise RuntimeError(f"no gradient for {len(missing)} trainable parameter(s): {missing[:8]}; the objective "
+                               "must use every trainable parameter (freeze the unused ones with "
+                               "requires_grad_(False), or leave them out of the params tree)")
     return grads
 
 

@@ -1,15 +1,15 @@
-"""Deterministic, resumable, distributed batching for the training loop.
+"""Deterministic, resumable, distributed data loading for the training loop.
 
-:class:`ResumableBatchSampler` yields one rank's batches of an epoch whose order is a pure function of
-``(seed, epoch)``: the same permutation, padding and rank split as ``torch.utils.data.DistributedSampler``
-(``randperm`` from a generator seeded with ``seed + epoch``; padded by repeating the head so every rank gets as
-many samples; rank ``r`` takes every ``world``-th index from ``r``). :meth:`set_position` starts an epoch after
-the batches a checkpoint already consumed, so a resumed run sees exactly the batches the uninterrupted run saw,
-without loading the skipped ones.
+:func:`make_loader` gives a ``DataLoader`` whose ``batch_sampler`` follows the resumable protocol of
+:mod:`nemofn.train.samplers` (one implementation for the whole project): the order of an epoch is a pure function
+of ``(seed, epoch)`` and ``set_position(epoch, start_batch)`` starts an epoch after the batches a checkpoint already
+consumed, so a resumed run sees exactly the batches the uninterrupted run saw, without loading the skipped ones.
 
-:func:`make_loader` builds a ``DataLoader`` on that sampler from a map-style dataset, or rebuilds a given
-``DataLoader`` (keeping its dataset, batch size, collate function, workers, pinning and ``drop_last``; its shuffle
-flag comes from its sampler). The loader's ``generator``, which seeds worker processes, is reseeded from
+Accepted inputs: a map-style dataset (batched with a :class:`~nemofn.train.samplers.RandomBatchSampler`, or the
+sampler a ``batch_sampler`` factory builds); a ``DataLoader`` that already has a resumable batch sampler for this
+rank (kept as it is: e.g. the loaders nemofn's ASR data configs build); or a plain ``DataLoader`` with a random or
+sequential sampler (rebuilt on a :class:`RandomBatchSampler`, keeping its dataset, batch size, collate function,
+workers, pinning and ``drop_last``). The loader's ``generator``, which seeds worker processes, is reseeded from
 ``(seed, epoch)`` too. Randomness inside a dataset's ``__getitem__`` is only reproduced on resume if it depends on
 the index alone; put training-time randomness (dither, SpecAugment, dropout) in the objective, which the step
 seeds per step.
@@ -17,83 +17,15 @@ seeds per step.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler
 
-__all__ = ["ResumableBatchSampler", "make_loader"]
+from nemofn.train.samplers import RandomBatchSampler, is_resumable_sampler
 
-
-class ResumableBatchSampler(Sampler[list[int]]):
-    """One rank's batches of a deterministic epoch order, starting at any batch.
-
-    Args:
-        num_samples: the dataset's length.
-        batch_size: samples per batch (per rank).
-        shuffle: permute each epoch (``randperm`` seeded with ``seed + epoch``); else dataset order.
-        seed: the shuffle seed.
-        num_replicas: world size; ``rank``: this process's rank.
-        drop_last: drop the last batch of the rank's share if it is smaller than ``batch_size``.
-    """
-
-    def __init__(self, num_samples: int, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0, drop_last: bool = False) -> None:
-        if num_samples <= 0:
-            raise ValueError(f"ResumableBatchSampler: the dataset is empty (num_samples={num_samples})")
-        if batch_size <= 0:
-            raise ValueError(f"ResumableBatchSampler: batch_size must be > 0, got {batch_size}")
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"ResumableBatchSampler: rank {rank} is not in [0, {num_replicas})")
-        self.num_samples = num_samples
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.drop_last = drop_last
-        self.per_rank = math.ceil(num_samples / num_replicas)
-        self.epoch = 0
-        self.start_batch = 0
-
-    @property
-    def batches_per_epoch(self) -> int:
-        """Batches one rank gets in a full epoch."""
-        if self.drop_last:
-            return self.per_rank // self.batch_size
-        return math.ceil(self.per_rank / self.batch_size)
-
-    def set_position(self, epoch: int, start_batch: int = 0) -> None:
-        """The next iteration yields epoch ``epoch`` from its batch ``start_batch`` on."""
-        if not 0 <= start_batch <= self.batches_per_epoch:
-            raise ValueError(f"start_batch {start_batch} is outside epoch of {self.batches_per_epoch} batches; was "
-                             "the checkpoint written with another batch size, dataset or number of devices?")
-        self.epoch = epoch
-        self.start_batch = start_batch
-
-    def epoch_indices(self, epoch: int) -> list[int]:
-        """This rank's sample indices for ``epoch``, in order (equal to ``DistributedSampler``'s)."""
-        if self.shuffle:
-            g = torch.Generator()
-            g.manual_seed(self.seed + epoch)
-            indices = torch.randperm(self.num_samples, generator=g).tolist()
-        else:
-            indices = list(range(self.num_samples))
-        total = self.per_rank * self.num_replicas
-        if total > len(indices):
-            indices += (indices * math.ceil((total - len(indices)) / len(indices)))[: total - len(indices)]
-        return indices[self.rank:total:self.num_replicas]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        indices = self.epoch_indices(self.epoch)
-        bs = self.batch_size
-        for b in range(self.start_batch, self.batches_per_epoch):
-            yield indices[b * bs:(b + 1) * bs]
-
-    def __len__(self) -> int:
-        return self.batches_per_epoch - self.start_batch
+__all__ = ["make_loader", "limited_batches"]
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -110,35 +42,59 @@ class _EpochSeededLoader(DataLoader):
         return super().__iter__()
 
 
+def _check_map_style(dataset: Any) -> None:
+    if isinstance(dataset, IterableDataset):
+        raise TypeError("the training loop needs a map-style dataset (len + __getitem__) to shuffle and resume "
+                        "deterministically; got an IterableDataset")
+
+
+def _reuse(loader: DataLoader, num_replicas: int, rank: int) -> DataLoader:
+    """A loader whose batch sampler is already resumable: checked against this rank, then wrapped so worker seeds
+    follow ``(seed, epoch)`` as well."""
+    sampler = loader.batch_sampler
+    if (sampler.num_replicas, sampler.rank) != (num_replicas, rank):
+        raise ValueError(f"the data loader was built for rank {sampler.rank} of {sampler.num_replicas}, but this "
+                         f"process is rank {rank} of {num_replicas}; build the loader after the trainer knows the "
+                         "world size (NeMo models do so when the trainer is passed to the constructor)")
+    if isinstance(loader, _EpochSeededLoader):
+        return loader
+    return _EpochSeededLoader(loader.dataset, batch_sampler=sampler, collate_fn=loader.collate_fn,
+                              num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+                              worker_init_fn=loader.worker_init_fn, generator=torch.Generator(),
+                              persistent_workers=loader.persistent_workers if loader.num_workers else False)
+
+
 def make_loader(data: Dataset | DataLoader, *, batch_size: int | None = None, shuffle: bool | None = None,
                 seed: int = 0, num_replicas: int = 1, rank: int = 0, drop_last: bool | None = None,
                 collate_fn: Callable | None = None, num_workers: int | None = None,
                 pin_memory: bool | None = None, batch_sampler: Callable[..., Any] | None = None) -> DataLoader:
-    """A ``DataLoader`` over a :class:`ResumableBatchSampler`.
+    """A ``DataLoader`` over a resumable batch sampler (see the module doc).
 
     Args:
-        data: a map-style dataset, or a ``DataLoader`` to rebuild (explicit arguments override its settings).
+        data: a map-style dataset, or a ``DataLoader`` (reused when its batch sampler is resumable; otherwise
+            rebuilt, and explicit arguments override its settings).
         batch_size: per-rank batch size (required for a dataset).
         shuffle: default ``True`` for a dataset; for a loader, whether its sampler was a ``RandomSampler``.
         seed: shuffle seed. ``num_replicas``/``rank``: the data-parallel world.
         drop_last, collate_fn, num_workers, pin_memory: as ``DataLoader`` (defaults: the loader's, or torch's).
         batch_sampler: a factory ``(seed=, num_replicas=, rank=) -> sampler`` used instead of
-            :class:`ResumableBatchSampler`, e.g. duration-bucketed batching. The sampler must be resumable: a pure
-            function of ``(seed, epoch)`` with ``set_position(epoch, start_batch)``, ``batches_per_epoch`` and
-            ``batch_size`` (``nemofn.asr.data.batching.SemiSortedBatchSampler`` is one).
+            :class:`RandomBatchSampler`, e.g. duration-bucketed batching; the sampler must follow the resumable
+            protocol of :mod:`nemofn.train.samplers`.
 
     Raises:
         TypeError: for an iterable-style dataset, or a loader with a custom sampler (neither can resume exactly).
+        ValueError: a reused loader built for another rank / world size; no batch size.
     """
     if isinstance(data, DataLoader):
         loader = data
-        if isinstance(loader.dataset, IterableDataset):
-            raise TypeError("the training loop needs a map-style dataset (len + __getitem__) to shuffle and resume "
-                            "deterministically; got an IterableDataset")
+        _check_map_style(loader.dataset)
+        if loader.batch_sampler is not None and is_resumable_sampler(loader.batch_sampler) and batch_sampler is None:
+            return _reuse(loader, num_replicas, rank)
         inner = loader.batch_sampler.sampler if loader.batch_sampler is not None else loader.sampler
         if not isinstance(inner, (RandomSampler, SequentialSampler)) and shuffle is None:
             raise TypeError(f"the DataLoader uses a custom sampler ({type(inner).__name__}), which cannot resume "
-                            "exactly; pass the dataset instead (with batch_size= and shuffle=)")
+                            "exactly; pass the dataset instead (with batch_size= and shuffle=), or give the loader a "
+                            "resumable batch sampler (nemofn.train.samplers)")
         dataset = loader.dataset
         batch_size = batch_size if batch_size is not None else loader.batch_size
         if batch_size is None and loader.batch_sampler is not None:
@@ -150,17 +106,33 @@ def make_loader(data: Dataset | DataLoader, *, batch_size: int | None = None, sh
         pin_memory = pin_memory if pin_memory is not None else loader.pin_memory
     else:
         dataset = data
-        if isinstance(dataset, IterableDataset):
-            raise TypeError("the training loop needs a map-style dataset (len + __getitem__) to shuffle and resume "
-                            "deterministically; got an IterableDataset")
-    if batch_size is None:
-        raise ValueError("make_loader: batch_size is required")
+        _check_map_style(dataset)
     if batch_sampler is not None:
         sampler = batch_sampler(seed=seed, num_replicas=num_replicas, rank=rank)
     else:
-        sampler = ResumableBatchSampler(len(dataset), batch_size, shuffle=True if shuffle is None else shuffle,
-                                        seed=seed, num_replicas=num_replicas, rank=rank, drop_last=bool(drop_last))
+        if batch_size is None:
+            raise ValueError("make_loader: batch_size is required")
+        sampler = RandomBatchSampler(len(dataset), batch_size, shuffle=True if shuffle is None else shuffle,
+                                     seed=seed, num_replicas=num_replicas, rank=rank, drop_last=bool(drop_last))
     kwargs: dict[str, Any] = {"num_workers": num_workers or 0, "pin_memory": bool(pin_memory)}
     if collate_fn is not None:
         kwargs["collate_fn"] = collate_fn
     return _EpochSeededLoader(dataset, batch_sampler=sampler, generator=torch.Generator(), **kwargs)
+
+
+def limited_batches(available: int, limit: int | float | None, what: str) -> int:
+    """Lightning's ``limit_*_batches``: an int caps the batches, a float in ``[0, 1]`` takes that fraction
+    (``int(available * limit)``, at least 1 when ``limit > 0``); ``None`` means all of them.
+
+    Raises:
+        ValueError: a negative limit or a float above 1 (naming ``what``, e.g. ``limit_train_batches``).
+    """
+    if limit is None:
+        return available
+    if isinstance(limit, bool) or limit < 0 or (isinstance(limit, float) and limit > 1.0):
+        raise ValueError(f"{what}={limit!r}: use an int number of batches or a float fraction in [0.0, 1.0]")
+    if isinstance(limit, float):
+        if limit == 1.0:
+            return available
+        return 0 if limit == 0.0 else max(1, int(available * limit))
+    return min(available, int(limit))

@@ -13,7 +13,7 @@ from nemofn.nn.linear import Linear
 from nemofn.nn.norm import BatchNorm1d
 from nemofn.nn.sequential import Sequential
 from nemofn.optim.adam import adamw
-from nemofn.train.adapter import FunctionalOptimizerShim, TreeModule, collect_grads
+from nemofn.train.adapter import FunctionalOptimizerShim, TreeModule, collect_grads, trainable_indices
 
 
 def _model() -> tuple[Sequential, ModelState]:
@@ -74,11 +74,19 @@ def test_leaves_must_be_parameters():
 def test_collect_grads_names_missing_ones_and_fills_empty_shards():
     a, b, empty = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(0))
     a.grad = torch.ones(2)
-    with pytest.raises(RuntimeError, match=r"no gradient for 1 parameter\(s\): \['enc.b'\]"):
+    with pytest.raises(RuntimeError, match=r"no gradient for 1 trainable parameter\(s\): \['enc.b'\]"):
         collect_grads([a, b, empty], ("enc.a", "enc.b", "enc.empty"))
     b.grad = torch.ones(2)
     grads = collect_grads([a, b, empty], ("enc.a", "enc.b", "enc.empty"))
     assert grads[0] is a.grad and grads[2].shape == (0,)
+
+
+def test_frozen_parameters_are_skipped():
+    a, b = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(2))
+    b.requires_grad_(False)
+    a.grad = torch.ones(2)
+    assert trainable_indices([a, b]) == [0] and trainable_indices([a]) is None
+    assert collect_grads([a, b], ("a", "b"), [0]) == [a.grad]
 
 
 def test_shim_step_equals_the_functional_update():

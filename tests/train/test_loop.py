@@ -1,4 +1,5 @@
-"""fit: the loss falls, logs and checkpoints are written, validation runs, and a resumed run is bitwise exact."""
+"""fit: the loss falls, logs and checkpoints are written, validation runs on Lightning's schedule, callbacks and a
+custom validation function are called, batch limits hold, and a resumed run is bitwise exact."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ QUIET = dict(accelerator="cpu", loggers=(), progress_bar=False)
 
 def test_fit_trains_logs_validates_and_checkpoints(tmp_path):
     result = fit(_model(), _step(), _data(96), _data(32, seed=1), max_epochs=4, batch_size=16,
-                 log_every_n_steps=2, val_every_n_epochs=2, val_every_n_steps=5, accelerator="cpu",
+                 log_every_n_steps=2, val_check_interval=5, check_val_every_n_epoch=None, accelerator="cpu",
                  loggers=("csv", "tensorboard"), log_dir=str(tmp_path / "logs"), progress_bar=True,
                  checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every_n_steps=10)
     state, history = result.state, result.history
@@ -55,7 +56,7 @@ def test_fit_trains_logs_validates_and_checkpoints(tmp_path):
     assert [h["step"] for h in train_rows] == list(range(2, 25, 2))
     assert {"lr", "grad_norm", "samples_per_s", "epoch", "elapsed_s"} <= set(train_rows[0])
     assert all(a["elapsed_s"] <= b["elapsed_s"] for a, b in zip(history, history[1:]))
-    assert [h["step"] for h in val_rows] == [5, 10, 12, 15, 20, 24]
+    assert [h["step"] for h in val_rows] == [5, 10, 15, 20]
     assert val_rows[-1]["val_loss"] < 0.5 * val_rows[0]["val_loss"]
     run_dir = tmp_path / "logs" / "nemofn" / "version_0"
     with open(run_dir / "metrics.csv") as f:
@@ -66,27 +67,104 @@ def test_fit_trains_logs_validates_and_checkpoints(tmp_path):
     assert ckpts == ["last.ckpt", "step=00000010.ckpt", "step=00000020.ckpt", "step=00000024.ckpt"]
 
 
-def test_val_metrics_are_computed_from_the_model_state_and_logged(tmp_path):
+def test_validation_schedule_follows_lightning():
+    common = dict(batch_size=16, log_every_n_steps=100, **QUIET)  # 6 batches per epoch
+    def val_steps(**kw):
+        result = fit(_model(), _step(), _data(96), _data(16, seed=1), max_epochs=4, **common, **kw)
+        return [h["step"] for h in result.history if "val_loss" in h]
+
+    assert val_steps() == [6, 12, 18, 24]                                           # 1.0: every epoch end
+    assert val_steps(check_val_every_n_epoch=2) == [12, 24]
+    assert val_steps(val_check_interval=0.5) == [3, 6, 9, 12, 15, 18, 21, 24]
+    assert val_steps(val_check_interval=4) == [4, 10, 16, 22]                        # counted within each epoch
+    assert val_steps(val_check_interval=4, check_val_every_n_epoch=None) == [4, 8, 12, 16, 20, 24]
+    assert val_steps(val_check_interval=4, limit_val_batches=0) == []
+    with pytest.raises(ValueError, match=r"val_check_interval \(7\) .* check_val_every_n_epoch=None"):
+        val_steps(val_check_interval=7)
+
+
+def test_callbacks_see_every_hook_and_can_stop_training(tmp_path):
+    calls = []
+
+    class Recorder:
+        def on_fit_start(self, ctx):
+            calls.append(("fit_start", ctx.global_step, ctx.batches_per_epoch, ctx.total_steps))
+
+        def on_train_epoch_start(self, ctx):
+            calls.append(("epoch_start", ctx.epoch))
+
+        def on_train_batch_start(self, ctx, batch, batch_idx):
+            calls.append(("batch_start", batch_idx, tuple(batch[0].shape)))
+
+        def on_train_batch_end(self, ctx, metrics, batch_idx):
+            calls.append(("batch_end", ctx.global_step, "loss" in metrics))
+            if ctx.global_step == 7:
+                ctx.should_stop = True
+
+        def on_validation_end(self, ctx, values):
+            calls.append(("val_end", ctx.global_step, sorted(values)))
+
+        def on_train_epoch_end(self, ctx):
+            calls.append(("epoch_end", ctx.epoch))
+
+        def on_fit_end(self, ctx):
+            calls.append(("fit_end", ctx.global_step))
+
+    result = fit(_model(), _step(), _data(64), _data(16, seed=1), max_steps=20, batch_size=16,
+                 callbacks=[Recorder()], **QUIET)
+    assert result.state.step == 7
+    assert calls[0] == ("fit_start", 0, 4, 20)
+    assert calls[1] == ("epoch_start", 0) and calls[2] == ("batch_start", 0, (16, 4))
+    assert ("val_end", 4, ["val_loss"]) in calls and ("epoch_end", 0) in calls and ("epoch_start", 1) in calls
+    assert [c[1] for c in calls if c[0] == "batch_start"] == [0, 1, 2, 3, 0, 1, 2]
+    assert calls[-1] == ("fit_end", 7)
+
+
+def test_a_custom_validation_function_gets_the_live_state_and_its_names_are_logged(tmp_path):
     val = _data(32, seed=1)
     x, y = val.tensors
-    seen_steps = []
+    seen = []
 
-    def val_mae(model_state):
-        seen_steps.append(len(seen_steps))
-        with torch.no_grad():
-            pred, _ = NET.apply(model_state.params, model_state.buffers, x, train=False)
-        return {"mae": (pred - y).abs().mean()}
+    def validate(ctx, loaders, limit):
+        seen.append((ctx.global_step, len(loaders), limit, ctx.sanity_checking))
+        total, count = 0.0, 0
+        for batch in loaders[0]:
+            with torch.no_grad():
+                pred, _ = NET.apply(ctx.state.model.params, ctx.state.model.buffers, batch[0], train=False)
+            total += float((pred - batch[1]).abs().sum())
+            count += len(batch[0])
+        return {"val_mae": total / count}
 
-    result = fit(_model(), _step(), _data(96), val, max_steps=12, batch_size=16, val_every_n_steps=6,
-                 val_metrics=val_mae, loggers=("csv",), log_dir=str(tmp_path / "logs"), accelerator="cpu",
-                 progress_bar=False)
-    val_rows = [h for h in result.history if "val_loss" in h]
-    assert [h["step"] for h in val_rows] == [6, 12] and len(seen_steps) == 2
-    assert all(isinstance(h["val_mae"], float) for h in val_rows)
-    assert val_rows[1]["val_mae"] < val_rows[0]["val_mae"]
+    result = fit(_model(), _step(), _data(96), val, max_steps=12, batch_size=16, val_check_interval=6,
+                 validate=validate, num_sanity_val_steps=2, limit_val_batches=3, loggers=("csv",),
+                 log_dir=str(tmp_path / "logs"), accelerator="cpu", progress_bar=False)
+    assert seen == [(0, 1, 2, True), (6, 1, 3, False), (12, 1, 3, False)]
+    val_rows = [h for h in result.history if "val_mae" in h]
+    assert [h["step"] for h in val_rows] == [6, 12] and val_rows[1]["val_mae"] < val_rows[0]["val_mae"]
     with open(tmp_path / "logs" / "nemofn" / "version_0" / "metrics.csv") as f:
         logged = [row for row in csv.DictReader(f) if row.get("val_mae")]
     assert len(logged) == 2 and float(logged[1]["val_mae"]) == pytest.approx(val_rows[1]["val_mae"])
+
+
+def test_limit_train_batches_shortens_every_epoch():
+    result = fit(_model(), _step(), _data(96), max_epochs=3, batch_size=16, limit_train_batches=2,
+                 log_every_n_steps=1, **QUIET)
+    assert result.state.step == 6 and result.state.data.epoch == 3
+    assert [h["epoch"] for h in result.history] == [0, 1, 1, 2, 2, 3]
+
+
+def test_frozen_parameters_are_not_updated_and_keep_their_optimizer_state():
+    model = _model()
+    first = model.params["0"]["weight"]
+    first.requires_grad_(False)
+    before = first.detach().clone()
+    result = fit(model, _step(), _data(64), max_steps=4, batch_size=16, **QUIET)
+    state = result.state
+    assert torch.equal(state.model.params["0"]["weight"], before)
+    assert not torch.equal(state.model.params["4"]["weight"], _model().params["4"]["weight"])  # the rest trains
+    index = state.model.param_names.index("0.weight")
+    assert state.opt_state["step"][index] is None and state.opt_state["exp_avg"][index] is None  # no memory spent
+    assert float(state.opt_state["step"][index + 1]) == 4.0
 
 
 def test_resumed_run_is_bitwise_equal_to_the_uninterrupted_run(tmp_path):
@@ -122,8 +200,10 @@ def test_fit_config_errors_say_what_to_do():
         FitConfig(max_steps=1, precision="16-mixed", accelerator="cpu")
     with pytest.raises(ValueError, match="precision 'bf16-true' is not supported"):
         FitConfig(max_steps=1, precision="bf16-true")
-    with pytest.raises(NotImplementedError, match="sync_batchnorm=True is not supported.*broadcast_buffers"):
-        FitConfig(max_steps=1, sync_batchnorm=True)
+    with pytest.raises(ValueError, match="val_check_interval=2.5"):
+        FitConfig(max_steps=1, val_check_interval=2.5)
+    with pytest.raises(ValueError, match="limit_train_batches"):
+        FitConfig(max_steps=1, limit_train_batches=-2)
     with pytest.raises(ValueError, match="log_every_n_steps must be a positive int"):
         FitConfig(max_steps=1, log_every_n_steps=0)
     with pytest.raises(TypeError, match="either config= or keyword options"):

@@ -143,7 +143,7 @@ def test_objective_protocol_errors_are_clear():
         train_step(state, None, cfg)
     unused = StepConfig(lambda p, b, batch, train, rng: (p["w"].sum(), {}, {}), sgd(), 0.1)
     state = TrainState.create(ModelState.create({"w": torch.ones(2), "v": torch.ones(1)}), sgd(), rng=0)
-    with pytest.raises(RuntimeError, match=r"no gradient for 1 parameter\(s\): \['v'\]"):
+    with pytest.raises(RuntimeError, match=r"no gradient for 1 trainable parameter\(s\): \['v'\]"):
         train_step(state, None, unused)
     with pytest.raises(TypeError, match="nemofn.optim Optimizer"):
         StepConfig(lambda *a, **k: None, torch.optim.SGD, 0.1)
