@@ -22,7 +22,7 @@ from nemofn.optim.sgd import sgd
 
 __all__ = [
     "OPTIMIZERS", "SCHEDULES", "get_optimizer", "register_optimizer", "get_schedule", "register_schedule",
-    "schedule_needs_max_steps", "check_kwargs",
+    "schedule_needs_max_steps", "check_kwargs", "optimizer_factory", "schedule_factory", "accepted_kwargs",
 ]
 
 OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {"sgd": sgd, "adam": adam, "adamw": adamw, "novograd": novograd}
@@ -50,11 +50,10 @@ _NEMO_ONLY_SCHEDULES = {
 
 def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], what: str, skip: tuple[str, ...] = ()) -> None:
     """Raises ``TypeError`` naming every key of ``kwargs`` that ``fn`` does not accept."""
-    params = inspect.signature(fn).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    accepted = accepted_kwargs(fn, skip)
+    if accepted is None:
         return
-    allowed = [n for n, p in params.items()
-               if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n not in skip]
+    allowed = list(accepted)
     unknown = [k for k in kwargs if k not in allowed]
     if unknown:
         hint = ""
@@ -62,6 +61,15 @@ def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], what: str, skip
             hint = " (the learning rate is not an optimizer argument: it is passed to update(..., lr=) each step)"
         raise TypeError(f"{what} got unknown argument(s) {', '.join(map(repr, unknown))}{hint}; "
                         f"accepted: {', '.join(allowed)}")
+
+
+def accepted_kwargs(fn: Callable[..., Any], skip: tuple[str, ...] = ()) -> dict[str, inspect.Parameter] | None:
+    """The keyword arguments ``fn`` accepts (``{name: Parameter}``), or ``None`` when it takes ``**kwargs``."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return {n: p for n, p in params.items()
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n not in skip}
 
 
 def _lookup(table: dict[str, Any], name: str, kind: str, nemo_only: Any) -> Any:
@@ -75,6 +83,16 @@ def _lookup(table: dict[str, Any], name: str, kind: str, nemo_only: Any) -> Any:
         reason = nemo_only[name] if isinstance(nemo_only, dict) else "NeMo has it"
         raise ValueError(f"{kind} {name!r} ({reason}) is not implemented in nemofn; available: {known}")
     raise ValueError(f"unknown {kind} {name!r}; available: {known}")
+
+
+def optimizer_factory(name: str) -> Callable[..., Optimizer]:
+    """The factory registered as optimizer ``name`` (case-insensitive); ``ValueError`` names the known ones."""
+    return _lookup(OPTIMIZERS, name, "optimizer", _NEMO_ONLY_OPTIMIZERS)
+
+
+def schedule_factory(name: str) -> Callable[..., _s.Schedule]:
+    """The factory registered as schedule ``name`` (case-insensitive); ``ValueError`` names the known ones."""
+    return _lookup(SCHEDULES, name, "schedule", _NEMO_ONLY_SCHEDULES)
 
 
 def register_optimizer(name: str, factory: Callable[..., Optimizer]) -> None:

@@ -3,16 +3,17 @@
 :class:`AudioToTextDataset` is NeMo's ``AudioToCharDataset`` / ``AudioToBPEDataset`` in one class: the tokenizer
 decides which. Transcripts are tokenised once, when the dataset is built; audio is read on each ``__getitem__``.
 
-:func:`build_dataloader` reads a NeMo dataset config. Every key NeMo's ASR datasets know is accepted: those listed in
-:data:`SUPPORTED_KEYS` are honoured, those in :data:`IGNORED_KEYS` have no effect here (tarred, Lhotse, DALI and
-concat-dataset options, and bucketing options of the tarred loader), and a few are only accepted with their
-default value (:data:`DEFAULT_ONLY_KEYS`, e.g. ``is_tarred: true`` or ``trim_silence: true`` raise). A key NeMo does
-not know raises :class:`~nemofn.asr.data.errors.DataConfigError` naming it.
+:func:`build_dataloader` reads a NeMo dataset config, checked against
+:class:`~nemofn.asr.configs.data.ASRDatasetConfig`: every key NeMo's ASR datasets know is accepted; most are
+honoured, some have no effect here (tarred, Lhotse, DALI and concat-dataset options, bucketing options of the
+tarred loader) and a few are only accepted with their default value (e.g. ``is_tarred: true`` or
+``trim_silence: true`` raise). A key NeMo does not know raises
+:class:`~nemofn.asr.configs.data.DatasetConfigError` (a :class:`~nemofn.asr.data.errors.DataConfigError`) naming
+it and the closest known key.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -20,15 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from nemofn.asr.configs.data import ASRDatasetConfig, DatasetConfigError
 from nemofn.asr.data.audio import ChannelSelector, load_audio
 from nemofn.asr.data.batching import EpochBatchSampler, RandomBatchSampler, SemiSortedBatchSampler, collate
 from nemofn.asr.data.errors import DataConfigError
 from nemofn.asr.data.manifest import ManifestEntry, load_manifests
+from nemofn.core.schema import drop_keys, find_missing, join_key, resolved_plain, validate
 
-__all__ = ["AudioToTextDataset", "build_dataset", "build_dataloader", "SUPPORTED_KEYS", "IGNORED_KEYS",
-           "DEFAULT_ONLY_KEYS"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["AudioToTextDataset", "build_dataset", "build_dataloader", "checked_config"]
 
 
 class AudioToTextDataset(torch.utils.data.Dataset):
@@ -92,95 +92,51 @@ class AudioToTextDataset(torch.utils.data.Dataset):
         return collate(batch, self.pad_id)
 
 
-# --- config keys ---------------------------------------------------------------------------------------------------
+# --- config ------------------------------------------------------------------------------------------------------
 
-SUPPORTED_KEYS: dict[str, str] = {
-    "manifest_filepath": "a manifest path, a comma-separated string of paths, or a list",
-    "sample_rate": "target sample rate in Hz",
-    "batch_size": "samples per batch (default 32, NeMo's DatasetConfig)",
-    "shuffle": "shuffle every epoch (default false; NeMo's setup_training_data sets true)",
-    "num_workers": "DataLoader worker processes",
-    "pin_memory": "DataLoader pin_memory",
-    "drop_last": "drop the incomplete last batch",
-    "max_duration": "drop utterances longer than this (s)",
-    "min_duration": "drop utterances shorter than this (s)",
-    "max_utts": "keep the first N utterances (0: all)",
-    "channel_selector": "None/'average' (mix down), a channel index, or a list of channels to average",
-    "int_values": "read audio as 32-bit ints",
-    "labels": "char vocabulary: builds a CharTokenizer when no tokenizer is given",
-    "parser": "char parser: 'en' (default) or 'base'",
-    "normalize_transcripts": "clean char transcripts first (default false, as NeMo)",
-    "use_start_end_token": "add BOS/EOS when the tokenizer has them",
-    "return_sample_id": "items and batches carry the sample index",
-    "use_semi_sorted_batching": "NeMo's semi-sorted (duration-sorted, noisy) batching",
-    "randomization_factor": "noise width of semi-sorted batching (default 0.1)",
-    "semi_sort_sampler_seed": "seed of semi-sorted batching (default: shuffle_seed)",
-}
+def checked_config(ds_cfg: Any, *, path: str = "dataset", unknown_keys: str = "error") -> dict:
+    """A dataset block as a plain dict (interpolations resolved), checked against
+    :class:`~nemofn.asr.configs.data.ASRDatasetConfig`.
 
-DEFAULT_ONLY_KEYS: dict[str, tuple[Any, str]] = {
-    "trim_silence": (False, "silence trimming (librosa.effects.trim in NeMo) is not implemented; trim the audio "
-                            "beforehand"),
-    "is_tarred": (False, "tarred (WebDataset) datasets are not supported; use plain manifests of audio files"),
-    "use_lhotse": (False, "the Lhotse dataloader is not supported; use plain manifests (bucketing: "
-                          "use_semi_sorted_batching)"),
-    "use_dali": (False, "DALI data loading is not supported"),
-    "is_concat": (False, "concat datasets with sampling weights are not supported; list the manifests in "
-                         "manifest_filepath to read them one after the other"),
-    "is_code_switched": (False, "code-switched datasets are not supported"),
-    "augmentor": (None, "audio augmentation (perturbations) is not supported; use spec_augment in the model"),
-    "blank_index": (-1, "only -1 (unknown characters are dropped) is supported"),
-    "unk_index": (-1, "only -1 (unknown characters are dropped) is supported"),
-}
+    Args:
+        ds_cfg: the ``train_ds`` / ``validation_ds`` / ``test_ds`` mapping (a DictConfig works).
+        path: the block's full key for messages (``model.train_ds``).
+        unknown_keys: ``"error"``, or ``"warn"`` to drop unknown keys with a warning.
 
-IGNORED_KEYS: frozenset[str] = frozenset({
-    # tarred / WebDataset
-    "tarred_audio_filepaths", "tarred_shard_strategy", "shard_manifests", "shuffle_n", "tarred_random_access",
-    "tarred_audio_index_filepaths", "bucketing_strategy", "bucketing_batch_size", "bucketing_weights",
-    # Lhotse
-    "use_bucketing", "batch_duration", "quadratic_duration", "bucket_batch_size", "bucket_duration_bins",
-    "num_buckets", "bucket_buffer_size", "shuffle_buffer_size", "max_open_streams", "force_finite",
-    # concat / code-switched / DALI options, only read when their switch is on
-    "concat_sampling_technique", "concat_sampling_temperature", "concat_sampling_scale",
-    "concat_sampling_probabilities", "concat_shuffle", "concat_sampling_seed", "code_switched",
-    # fields of NeMo's ASRDatasetConfig that its dataset builders never read
-    "normalize", "trim", "eos_id", "bos_id", "pad_id", "manifest_parse_func",
-    # set by NeMo's transcribe / model code
-    "defer_setup", "do_transcribe", "global_rank", "world_size", "temp_dir", "paths2audio_files",
-})
+    Raises:
+        DatasetConfigError: an unknown key, a wrong type, an unsupported value, a ``???`` value, or no
+            ``manifest_filepath`` / ``sample_rate``.
+    """
+    cfg = resolved_plain(ds_cfg, path)
+    if not isinstance(cfg, dict):
+        raise DatasetConfigError(f"{path}: expected a mapping, got {type(ds_cfg).__name__}", key=path)
+    drop_keys(cfg, validate(cfg, ASRDatasetConfig, path, unknown=unknown_keys), path)
+    for key in ("manifest_filepath", "sample_rate"):
+        if cfg.get(key) is None:
+            full = join_key(path, key)
+            raise DatasetConfigError(f"{full} is not set in the dataset config; set it (e.g. {full}=... on the "
+                                     "command line)", key=full)
+    missing = find_missing(cfg, path)
+    if missing:
+        raise DatasetConfigError(f"{missing} is not set (???); set it (e.g. {missing}=... on the command line)",
+                                 key=missing)
+    return cfg
 
 
-def _check_keys(cfg: Mapping[str, Any]) -> None:
-    ignored = sorted(key for key in cfg if key in IGNORED_KEYS)
-    if ignored:
-        logger.info("Dataset config keys with no effect in nemofn (see IGNORED_KEYS): %s", ", ".join(ignored))
-    for key in cfg:
-        if key in SUPPORTED_KEYS or key in IGNORED_KEYS:
-            continue
-        if key in DEFAULT_ONLY_KEYS:
-            default, reason = DEFAULT_ONLY_KEYS[key]
-            value = cfg[key]
-            if value == default or (default is None and not value) or (default is False and value is None):
-                continue
-            raise DataConfigError(f"{key}: {value!r} is not supported: {reason}")
-        known = sorted(SUPPORTED_KEYS) + sorted(DEFAULT_ONLY_KEYS)
-        raise DataConfigError(f"unknown dataset config key {key!r} (not a NeMo ASR dataset key); "
-                              f"remove it or fix its spelling. Keys used here: {', '.join(known)}")
-
-
-def build_dataset(ds_cfg: Mapping[str, Any], tokenizer: Any = None) -> AudioToTextDataset:
-    """The dataset of a NeMo dataset config block (keys checked as :func:`build_dataloader`).
+def build_dataset(ds_cfg: Mapping[str, Any], tokenizer: Any = None, *, path: str = "dataset",
+                  unknown_keys: str = "error") -> AudioToTextDataset:
+    """The dataset of a NeMo dataset config block (checked as :func:`checked_config`).
 
     Args:
         ds_cfg: the ``train_ds`` / ``validation_ds`` / ``test_ds`` mapping (a DictConfig works).
         tokenizer: the model's tokenizer; ``None`` builds a :class:`~nemofn.asr.tokenizers.CharTokenizer` from
             ``labels``.
+        path, unknown_keys: see :func:`checked_config`.
     """
-    cfg = dict(ds_cfg)
-    _check_keys(cfg)
-    for key in ("manifest_filepath", "sample_rate"):
-        if cfg.get(key) is None:
-            raise DataConfigError(f"{key} is not set in the dataset config; set it (e.g. {key}=... on the "
-                                  "command line)")
+    return _build_dataset(checked_config(ds_cfg, path=path, unknown_keys=unknown_keys), tokenizer)
+
+
+def _build_dataset(cfg: dict, tokenizer: Any) -> AudioToTextDataset:
     if tokenizer is None:
         if not cfg.get("labels"):
             raise DataConfigError("no tokenizer given and no 'labels' in the dataset config; pass the model's "
@@ -201,14 +157,18 @@ def build_dataset(ds_cfg: Mapping[str, Any], tokenizer: Any = None) -> AudioToTe
 
 
 def build_dataloader(ds_cfg: Mapping[str, Any], tokenizer: Any = None, *, shuffle_seed: int = 0,
-                     num_replicas: int = 1, rank: int = 0) -> torch.utils.data.DataLoader:
+                     num_replicas: int = 1, rank: int = 0, path: str = "dataset",
+                     unknown_keys: str = "error") -> torch.utils.data.DataLoader:
     """A DataLoader for a NeMo dataset config block.
 
     Args:
-        ds_cfg: the ``train_ds`` / ``validation_ds`` / ``test_ds`` mapping; see :data:`SUPPORTED_KEYS`.
+        ds_cfg: the ``train_ds`` / ``validation_ds`` / ``test_ds`` mapping; see
+            :class:`~nemofn.asr.configs.data.ASRDatasetConfig`.
         tokenizer: the model's tokenizer, or ``None`` for a char model with ``labels`` in ``ds_cfg``.
         shuffle_seed: seed of the batch order (the same on every rank).
         num_replicas, rank: DDP world size and rank; each rank gets its share of every epoch.
+        path: the block's full key in error messages (``model.train_ds``).
+        unknown_keys: ``"error"``, or ``"warn"`` to drop unknown keys with a warning.
 
     Returns:
         A DataLoader whose ``batch_sampler`` is an :class:`~nemofn.asr.data.batching.EpochBatchSampler`: call
@@ -216,15 +176,16 @@ def build_dataloader(ds_cfg: Mapping[str, Any], tokenizer: Any = None, *, shuffl
         ``(signal [B, T], signal_len [B], tokens [B, U], tokens_len [B])``.
 
     Raises:
-        DataConfigError: for an unknown key, an unsupported value, or a missing ``manifest_filepath``.
+        DatasetConfigError: for an unknown key, a wrong type, an unsupported value, or a missing
+            ``manifest_filepath`` (a :class:`~nemofn.asr.data.errors.DataConfigError`).
 
     Note:
         A list in ``manifest_filepath`` is read here as one combined dataset (NeMo's datasets do the same). NeMo's
         ``ModelPT`` turns a list in ``validation_ds`` / ``test_ds`` into one loader per manifest; to do that, call
         this function once per manifest.
     """
-    cfg = dict(ds_cfg)
-    dataset = build_dataset(cfg, tokenizer)
+    cfg = checked_config(ds_cfg, path=path, unknown_keys=unknown_keys)
+    dataset = _build_dataset(cfg, tokenizer)
     batch_size = int(cfg.get("batch_size") or 32)
     shuffle = bool(cfg.get("shuffle", False))
     drop_last = bool(cfg.get("drop_last", False))

@@ -12,6 +12,7 @@ config's ``*_ds`` blocks, and the optimizer and schedule of its ``optim`` block.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +23,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from nemofn.asr.configs.models import validate_model_config
+from nemofn.asr.configs.optim import validate_optim
 from nemofn.asr.data.audio import load_audio
 from nemofn.asr.data.dataset import build_dataloader
 from nemofn.asr.decoding import CharDecoder, TokenizerDecoder
@@ -29,10 +32,11 @@ from nemofn.asr.metrics import word_error_rate
 from nemofn.asr.models.ctc_network import CTCNetwork
 from nemofn.asr.tokenizers import CharTokenizer, SentencePieceTokenizer
 from nemofn.core.rng import RngKey
+from nemofn.core.schema import MISSING, drop_keys, to_plain
 from nemofn.core.state import ModelState
 from nemofn.optim.config import build_optimization
 
-__all__ = ["CTCModel", "tokenizer_from_config", "AudioInput"]
+__all__ = ["CTCModel", "tokenizer_from_config", "validate_model_config", "AudioInput"]
 
 AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
 
@@ -63,18 +67,26 @@ def tokenizer_from_config(cfg: Mapping[str, Any]) -> CharTokenizer | SentencePie
                                     "with scripts/tokenizers/process_asr_text_tokenizer.py")
         return SentencePieceTokenizer(model_path, vocab_path)
     labels = cfg.get("labels")
-    if not labels:
+    if not labels or labels == MISSING:
         raise ValueError("the model config has neither `labels` (char model) nor `tokenizer` (BPE model)")
     return CharTokenizer(list(labels))
 
 
-def _filled_config(cfg: Mapping[str, Any], tokenizer: Any) -> DictConfig:
-    """A resolved copy of ``cfg`` with the decoder vocabulary taken from the tokenizer, as NeMo does."""
+def _filled_config(cfg: Mapping[str, Any], tokenizer: Any, unknown: Sequence[str] = ()) -> DictConfig:
+    """A resolved copy of ``cfg`` with the decoder vocabulary taken from the tokenizer, as NeMo does.
+
+    ``unknown`` (full keys under ``model.``, from :func:`validate_model_config` in ``"warn"`` mode) are dropped.
+    A decoder ``feat_in`` / ``num_classes`` left ``???`` (a dataclass config) is filled like ``null`` / ``-1``.
+    """
     source = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
     conf = OmegaConf.create(OmegaConf.to_container(source, resolve=True, throw_on_missing=False))
     if "model" in conf and "preprocessor" not in conf:
         raise ValueError("pass the `model:` block of the config, not the whole experiment config "
                          "(use cfg.model)")
+    drop_keys(conf, list(unknown), "model")
+    for key, unset in (("feat_in", None), ("num_classes", -1)):
+        if conf.get("decoder") is not None and OmegaConf.is_missing(conf.decoder, key):
+            conf.decoder[key] = unset
     if isinstance(tokenizer, SentencePieceTokenizer):
         conf.decoder.vocabulary = list(tokenizer.vocabulary)
         conf.decoder.num_classes = len(tokenizer.vocabulary)
@@ -107,11 +119,27 @@ class CTCModel:
     network: CTCNetwork
     tokenizer: Any
     text_decoder: Any
+    unknown_keys: str = "error"
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], *, tokenizer: Any = None) -> CTCModel:
+    def from_config(cls, cfg: Any, *, tokenizer: Any = None, unknown_keys: str = "error") -> CTCModel:
+        """Builds the model from its ``model:`` config, checked whole first (:func:`validate_model_config`).
+
+        Args:
+            cfg: the ``model:`` block: a DictConfig, a dict, or an :class:`~nemofn.asr.configs.EncDecCTCConfig` /
+                :class:`~nemofn.asr.configs.EncDecCTCBPEConfig` instance.
+            tokenizer: the tokenizer to use; default: built from ``labels`` or ``tokenizer``.
+            unknown_keys: ``"error"`` (a config you wrote), or ``"warn"`` (a ``.nemo`` from another NeMo version:
+                unknown keys are logged once each and left out, here and in this model's data loaders).
+
+        Raises:
+            ConfigError: an unknown key, a wrong type or an unsupported value, named by its full key.
+        """
+        if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+            cfg = OmegaConf.create(to_plain(cfg))
+        unknown = validate_model_config(cfg, unknown_keys=unknown_keys, finetune=False)
         tokenizer = tokenizer if tokenizer is not None else tokenizer_from_config(cfg)
-        conf = _filled_config(cfg, tokenizer)
+        conf = _filled_config(cfg, tokenizer, unknown)
         network = CTCNetwork.from_config(conf)
         if isinstance(tokenizer, SentencePieceTokenizer):
             text_decoder = TokenizerDecoder(tokenizer, vocab_size=len(tokenizer.vocabulary))
@@ -121,7 +149,8 @@ class CTCModel:
         if n_vocab != len(conf.decoder.vocabulary):
             raise ValueError(f"model.decoder.num_classes={n_vocab} but the vocabulary has "
                              f"{len(conf.decoder.vocabulary)} entries; set num_classes to -1 to derive it")
-        return cls(cfg=conf, network=network, tokenizer=tokenizer, text_decoder=text_decoder)
+        return cls(cfg=conf, network=network, tokenizer=tokenizer, text_decoder=text_decoder,
+                   unknown_keys=unknown_keys)
 
     @property
     def sample_rate(self) -> int:
@@ -142,14 +171,20 @@ class CTCModel:
         return out
 
     def dataloader(self, ds_cfg: Mapping[str, Any], *, shuffle_seed: int = 0, num_replicas: int = 1,
-                   rank: int = 0) -> torch.utils.data.DataLoader:
-        """The loader of a NeMo ``train_ds``/``validation_ds``/``test_ds`` block (batches of 4 tensors)."""
+                   rank: int = 0, path: str = "dataset") -> torch.utils.data.DataLoader:
+        """The loader of a NeMo ``train_ds``/``validation_ds``/``test_ds`` block (batches of 4 tensors).
+
+        ``path`` names the block in config errors (``model.train_ds``).
+        """
         return build_dataloader(self.dataset_config(ds_cfg), self.tokenizer, shuffle_seed=shuffle_seed,
-                                num_replicas=num_replicas, rank=rank)
+                                num_replicas=num_replicas, rank=rank, path=path, unknown_keys=self.unknown_keys)
 
     def optimization(self, optim_cfg: Mapping[str, Any] | None = None, *, max_steps: int | None = None):
         """``(optimizer, schedule, base_lr)`` from ``optim_cfg`` (default: the config's ``optim`` block)."""
-        optim_cfg = self.cfg.get("optim") if optim_cfg is None else optim_cfg
+        if optim_cfg is None:
+            optim_cfg = self.cfg.get("optim")  # checked by from_config
+        else:
+            validate_optim(optim_cfg)
         if optim_cfg is None:
             raise ValueError("no optimizer config: the model config has no `optim` block; pass one")
         return build_optimization(optim_cfg, max_steps=max_steps)
@@ -161,8 +196,12 @@ class CTCModel:
 
     @torch.inference_mode()
     def log_probs(self, state: ModelState, signal: torch.Tensor, signal_len: torch.Tensor):
-        """``signal [B, T]``, ``signal_len [B]`` -> ``(log_probs [B, T', V+1], encoded_len [B])`` (eval mode)."""
-        return self.inference_network().forward_eval(state.params, state.buffers, signal, signal_len)
+        """``signal [B, T]``, ``signal_len [B]`` -> ``(log_probs [B, T', V+1], encoded_len [B])`` (eval mode).
+
+        The inputs are moved to the state's device first."""
+        device = state.device
+        return self.inference_network().forward_eval(state.params, state.buffers, signal.to(device),
+                                                     signal_len.to(device))
 
     def decode(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
         """Greedy CTC decoding to text."""

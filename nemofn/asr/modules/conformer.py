@@ -24,8 +24,10 @@ import attrs
 import torch
 import torch.nn.functional as F
 
+from nemofn.asr.configs.modules import ConformerEncoderConfig
 from nemofn.asr.modules.subsampling import ConvSubsampling, StackingSubsampling, SubsamplingReductionModule
 from nemofn.core.rng import as_key
+from nemofn.core.schema import module_kwargs
 from nemofn.nn.attention import MultiHeadAttention, RelPositionMultiHeadAttention
 from nemofn.nn.conv import Conv1d
 from nemofn.nn.dropout import Dropout
@@ -495,19 +497,11 @@ class ConformerEncoder(Module):
         return params
 
     @classmethod
-    def from_config(cls, cfg: Mapping) -> ConformerEncoder:
-        """Builds from a NeMo ``encoder:`` config (dict or DictConfig); ``_target_`` is dropped and unknown
-        keys raise, naming them."""
-        if type(cfg).__module__.startswith("omegaconf"):
-            from omegaconf import OmegaConf
-
-            cfg = OmegaConf.to_container(cfg, resolve=True)
-        kwargs = {k: v for k, v in dict(cfg).items() if k != "_target_"}
-        known = {a.alias for a in attrs.fields(cls) if a.init}
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise ValueError(f"ConformerEncoder config: unknown key(s) {unknown}; known keys: {sorted(known)}")
-        return cls(**kwargs)
+    def from_config(cls, cfg: Any, *, path: str = "encoder") -> ConformerEncoder:
+        """Builds from a NeMo ``encoder:`` block (dict, DictConfig or
+        :class:`~nemofn.asr.configs.modules.ConformerEncoderConfig`), checked against that schema (errors name
+        ``path``, e.g. ``model.encoder.d_modle``); ``_target_`` is dropped."""
+        return cls(**module_kwargs(cfg, ConformerEncoderConfig, path))
 
     # ----- forward -----------------------------------------------------------------------------------------
     def _context_mask(self, t: int, device: torch.device) -> torch.Tensor | None:

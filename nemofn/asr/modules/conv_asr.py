@@ -18,48 +18,19 @@ Example (QuartzNet-style config block, as in NeMo's YAML)::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
 import torch
 
+from nemofn.asr.configs.modules import ConvASREncoderConfig, JasperEncoderConfig
 from nemofn.asr.modules.jasper import JasperBlock
 from nemofn.core.rng import as_key
+from nemofn.core.schema import module_kwargs, resolved_plain
 from nemofn.nn.module import EMPTY, Module
 
-__all__ = ["JasperBlockConfig", "ConvASREncoder", "config_to_dict"]
-
-
-def config_to_dict(cfg: Any, what: str) -> dict:
-    """A plain ``dict`` copy of a mapping or an OmegaConf ``DictConfig`` (interpolations resolved)."""
-    if isinstance(cfg, Mapping):
-        out = dict(cfg)
-    else:
-        try:
-            from omegaconf import DictConfig, OmegaConf
-        except ImportError as err:  # pragma: no cover - omegaconf is a dependency
-            raise TypeError(f"{what}: expected a mapping, got {type(cfg).__name__}") from err
-        if not isinstance(cfg, DictConfig):
-            raise TypeError(f"{what}: expected a mapping or DictConfig, got {type(cfg).__name__}")
-        out = OmegaConf.to_container(cfg, resolve=True)
-    return _plain(out)
-
-
-def _plain(value: Any) -> Any:
-    """OmegaConf containers (and nested mappings/lists) -> plain dicts/lists."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(value, (DictConfig, ListConfig)):
-            value = OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+__all__ = ["JasperBlockConfig", "ConvASREncoder"]
 
 
 def _to_tuple(value: Any) -> tuple:
@@ -95,21 +66,16 @@ class JasperBlockConfig:
     future_context: int = -1
 
     @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any], index: int = 0) -> JasperBlockConfig:
-        """Builds from a config mapping; a missing required key or an unknown key raises naming it."""
-        known = {f.name for f in attrs.fields(cls)}
-        required = [f.name for f in attrs.fields(cls) if f.default is attrs.NOTHING]
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"encoder.jasper[{index}]: unknown key(s) {unknown}; known keys are {sorted(known)}")
-        missing = [k for k in required if k not in cfg]
-        if missing:
-            raise ValueError(f"encoder.jasper[{index}]: missing required key(s) {missing}")
-        return cls(**dict(cfg))
+    def from_dict(cls, cfg: Any, index: int = 0, *, path: str = "encoder") -> JasperBlockConfig:
+        """Builds from a block config (dict or DictConfig) checked against
+        :class:`~nemofn.asr.configs.modules.JasperEncoderConfig`; an unknown or missing key raises naming
+        ``<path>.jasper[<index>].<key>``."""
+        return cls(**module_kwargs(cfg, JasperEncoderConfig, f"{path}.jasper[{index}]"))
 
 
 def _blocks_converter(value: Sequence[Any]) -> tuple[JasperBlockConfig, ...]:
-    value = _plain(value)
+    if not isinstance(value, (list, tuple)):
+        value = resolved_plain(value, "encoder.jasper")
     if not isinstance(value, (list, tuple)) or not value:
         raise ValueError("ConvASREncoder.jasper must be a non-empty list of block configs")
     return tuple(v if isinstance(v, JasperBlockConfig) else JasperBlockConfig.from_dict(v, i)
@@ -179,17 +145,14 @@ class ConvASREncoder(Module):
         object.__setattr__(self, "blocks", tuple(blocks))
 
     @classmethod
-    def from_config(cls, cfg: Any) -> ConvASREncoder:
-        """From NeMo's ``encoder:`` config block (dict or DictConfig). ``_target_`` is dropped; an unknown key
-        raises naming it."""
-        cfg = config_to_dict(cfg, "ConvASREncoder.from_config")
-        cfg.pop("_target_", None)
-        known = {f.name for f in attrs.fields(cls) if f.init}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"encoder config: unknown key(s) {unknown} for ConvASREncoder; known keys are "
-                             f"{sorted(known)}")
-        return cls(**cfg)
+    def from_config(cls, cfg: Any, *, path: str = "encoder") -> ConvASREncoder:
+        """Builds from a NeMo ``encoder:`` block (dict, DictConfig or
+        :class:`~nemofn.asr.configs.modules.ConvASREncoderConfig`), checked against that schema, its ``jasper``
+        blocks included (errors name ``path``, e.g. ``model.encoder.jasper[3].filters``); ``_target_`` is dropped."""
+        kwargs = module_kwargs(cfg, ConvASREncoderConfig, path)
+        kwargs["jasper"] = tuple(JasperBlockConfig.from_dict(block, i, path=path)
+                                 for i, block in enumerate(kwargs["jasper"]))
+        return cls(**kwargs)
 
     @property
     def feat_out(self) -> int:

@@ -11,8 +11,9 @@ from typing import Any
 import attrs
 import torch
 
-from nemofn.asr.modules.conv_asr import config_to_dict
+from nemofn.asr.configs.modules import ConvASRDecoderConfig
 from nemofn.core.rng import as_key
+from nemofn.core.schema import module_kwargs
 from nemofn.nn.conv import Conv1d
 from nemofn.nn.module import Module
 
@@ -60,16 +61,11 @@ class ConvASRDecoder(Module):
                              f"{len(self.vocabulary)} entries; they must be equal (or set num_classes: -1)")
 
     @classmethod
-    def from_config(cls, cfg: Any) -> ConvASRDecoder:
-        """From NeMo's ``decoder:`` config block; ``_target_`` is dropped, an unknown key raises naming it."""
-        cfg = config_to_dict(cfg, "ConvASRDecoder.from_config")
-        cfg.pop("_target_", None)
-        known = {f.name for f in attrs.fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"decoder config: unknown key(s) {unknown} for ConvASRDecoder; known keys are "
-                             f"{sorted(known)}")
-        return cls(**cfg)
+    def from_config(cls, cfg: Any, *, path: str = "decoder") -> ConvASRDecoder:
+        """Builds from a NeMo ``decoder:`` block (dict, DictConfig or
+        :class:`~nemofn.asr.configs.modules.ConvASRDecoderConfig`), checked against that schema (errors name
+        ``path``); ``_target_`` is dropped."""
+        return cls(**module_kwargs(cfg, ConvASRDecoderConfig, path))
 
     @property
     def num_classes_with_blank(self) -> int:

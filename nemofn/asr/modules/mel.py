@@ -21,9 +21,14 @@ _MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP
 _LOGSTEP = math.log(6.4) / 27.0
 
 
+def _device_of(x: object) -> torch.device | None:
+    """A tensor's own device (so a ``torch.device(...)`` context does not move it), else the default (``None``)."""
+    return x.device if isinstance(x, torch.Tensor) else None
+
+
 def hz_to_mel(hz: torch.Tensor, *, htk: bool = False) -> torch.Tensor:
     """Hz -> mels (float64). ``htk=False`` is the Slaney scale, ``htk=True`` is ``2595 log10(1 + f/700)``."""
-    hz = torch.as_tensor(hz, dtype=torch.float64)
+    hz = torch.as_tensor(hz, dtype=torch.float64, device=_device_of(hz))
     if htk:
         return 2595.0 * torch.log10(1.0 + hz / 700.0)
     linear = hz / _F_SP
@@ -33,7 +38,7 @@ def hz_to_mel(hz: torch.Tensor, *, htk: bool = False) -> torch.Tensor:
 
 def mel_to_hz(mels: torch.Tensor, *, htk: bool = False) -> torch.Tensor:
     """Mels -> Hz (float64); the inverse of :func:`hz_to_mel`."""
-    mels = torch.as_tensor(mels, dtype=torch.float64)
+    mels = torch.as_tensor(mels, dtype=torch.float64, device=_device_of(mels))
     if htk:
         return 700.0 * (10.0 ** (mels / 2595.0) - 1.0)
     linear = _F_SP * mels
@@ -52,9 +57,14 @@ def _linspace_like_numpy(start: float, stop: float, num: int) -> torch.Tensor:
 
 
 def mel_frequencies(n_mels: int, fmin: float, fmax: float, *, htk: bool = False) -> torch.Tensor:
-    """``[n_mels]`` centre frequencies in Hz, evenly spaced on the mel scale from ``fmin`` to ``fmax``."""
-    lo = float(hz_to_mel(torch.tensor(float(fmin)), htk=htk))
-    hi = float(hz_to_mel(torch.tensor(float(fmax)), htk=htk))
+    """``[n_mels]`` centre frequencies in Hz, evenly spaced on the mel scale from ``fmin`` to ``fmax``.
+
+    The two end points are computed on the CPU whatever the default device, so building a filterbank also works
+    under ``with torch.device("meta"):`` (shapes only, e.g. to count a model's parameters without allocating them).
+    """
+    cpu = torch.device("cpu")
+    lo = float(hz_to_mel(torch.tensor(float(fmin), device=cpu), htk=htk))
+    hi = float(hz_to_mel(torch.tensor(float(fmax), device=cpu), htk=htk))
     return mel_to_hz(_linspace_like_numpy(lo, hi, n_mels), htk=htk)
 
 

@@ -22,6 +22,7 @@ import attrs
 import torch
 import torch.nn.functional as F
 
+from nemofn.asr.configs.modules import AudioToMelSpectrogramPreprocessorConfig
 from nemofn.asr.modules.features import (
     WINDOW_NAMES,
     FixedStats,
@@ -31,9 +32,10 @@ from nemofn.asr.modules.features import (
     splice_frames,
 )
 from nemofn.asr.modules.mel import mel_filterbank
+from nemofn.core.schema import module_kwargs
 from nemofn.nn.module import Module
 
-__all__ = ["AudioToMelSpectrogramPreprocessor", "config_kwargs"]
+__all__ = ["AudioToMelSpectrogramPreprocessor"]
 
 # NeMo's FilterbankFeatures sizes ``pad_to="max"`` outputs for this many seconds of audio.
 MAX_DURATION_S = 16.7
@@ -197,9 +199,11 @@ class AudioToMelSpectrogramPreprocessor(Module):
 
     # ------------------------------------------------------------------------------------- module API
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> AudioToMelSpectrogramPreprocessor:
-        """Builds from a NeMo ``preprocessor:`` block (dict or DictConfig); ``_target_`` is dropped."""
-        return cls(**config_kwargs(cls, cfg))
+    def from_config(cls, cfg: Any, *, path: str = "preprocessor") -> AudioToMelSpectrogramPreprocessor:
+        """Builds from a NeMo ``preprocessor:`` block (dict, DictConfig or
+        :class:`~nemofn.asr.configs.modules.AudioToMelSpectrogramPreprocessorConfig`), checked against that schema
+        (errors name ``path``, e.g. ``model.preprocessor.features``); ``_target_`` is dropped."""
+        return cls(**module_kwargs(cfg, AudioToMelSpectrogramPreprocessorConfig, path))
 
     def init(self, rng: Any = None) -> tuple[dict, dict]:
         """No params; buffers ``{"featurizer": {"window": [win_length], "fb": [1, n_mels, n_fft//2+1]}}``.
@@ -325,21 +329,3 @@ class AudioToMelSpectrogramPreprocessor(Module):
                 x = F.pad(x, (0, extra), value=self.pad_value)
         return x
 
-
-def config_kwargs(cls: type, cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Constructor kwargs from a NeMo module config (dict or DictConfig, resolved): drops ``_target_`` and
-    raises ``TypeError`` naming any key that is not a field of the attrs class ``cls``."""
-    if not isinstance(cfg, Mapping):
-        raise TypeError(f"expected a dict or DictConfig config for {cls.__name__}, got {type(cfg).__name__}")
-    from omegaconf import DictConfig, OmegaConf  # imported here: only config loading needs it
-
-    if isinstance(cfg, DictConfig):
-        kwargs = OmegaConf.to_container(cfg, resolve=True)
-    else:
-        kwargs = dict(cfg)
-    kwargs.pop("_target_", None)
-    known = {a.name for a in attrs.fields(cls)}
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise TypeError(f"{cls.__name__} got unknown config key(s) {unknown}; valid keys are {sorted(known)}")
-    return kwargs

@@ -11,6 +11,7 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
+from nemofn.core.schema import ConfigError
 from nemofn.nn.module import Module
 
 __all__ = ["MODULES", "module_class", "build_module"]
@@ -35,13 +36,16 @@ def module_class(target: str) -> type[Module]:
 
 
 def build_module(cfg: Mapping[str, Any], *, where: str) -> Module:
-    """Builds the module a config block names with ``_target_``. ``where`` names the block in errors."""
+    """Builds the module a config block names with ``_target_``. ``where`` is the block's full key (``model.encoder``):
+    config errors name ``<where>.<key>``, construction errors say ``in config block `<where>```."""
     target = cfg.get("_target_") if isinstance(cfg, Mapping) else None
     if not target:
         raise ValueError(f"config block `{where}` has no `_target_`; set e.g. "
                          f"`_target_: nemo.collections.asr.modules.{_example(where)}`")
     try:
-        return module_class(str(target)).from_config(cfg)
+        return module_class(str(target)).from_config(cfg, path=where)
+    except ConfigError:
+        raise  # names the full key already
     except (TypeError, ValueError) as err:
         raise type(err)(f"in config block `{where}`: {err}") from err
 

@@ -26,7 +26,8 @@ from typing import Any
 import attrs
 import torch
 
-from nemofn.asr.modules.preprocessor import config_kwargs
+from nemofn.asr.configs.modules import SpectrogramAugmentationConfig
+from nemofn.core.schema import module_kwargs
 from nemofn.nn.module import Module
 
 __all__ = ["SpectrogramAugmentation"]
@@ -98,9 +99,11 @@ class SpectrogramAugmentation(Module):
         return self.rect_masks == 0 and self.freq_masks + self.time_masks == 0
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> SpectrogramAugmentation:
-        """Builds from a NeMo ``spec_augment:`` block (dict or DictConfig); ``_target_`` is dropped."""
-        return cls(**config_kwargs(cls, cfg))
+    def from_config(cls, cfg: Any, *, path: str = "spec_augment") -> SpectrogramAugmentation:
+        """Builds from a NeMo ``spec_augment:`` block (dict, DictConfig or
+        :class:`~nemofn.asr.configs.modules.SpectrogramAugmentationConfig`), checked against that schema (errors
+        name ``path``); ``_target_`` is dropped."""
+        return cls(**module_kwargs(cfg, SpectrogramAugmentationConfig, path))
 
     def apply(
         self,

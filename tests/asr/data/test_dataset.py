@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import string
 
 import numpy as np
@@ -11,10 +12,11 @@ import soundfile as sf
 import torch
 from omegaconf import OmegaConf
 
+from nemofn.asr.configs.data import DatasetConfigError
 from nemofn.asr.data import AudioToTextDataset, DataConfigError, build_dataloader, collate, load_audio, \
     load_manifests
-from nemofn.asr.data.dataset import DEFAULT_ONLY_KEYS, IGNORED_KEYS, SUPPORTED_KEYS
 from nemofn.asr.tokenizers import CharTokenizer, SentencePieceTokenizer
+from nemofn.core.schema import ConfigError, reset_logged_keys
 
 LABELS = [" ", *string.ascii_lowercase, "'"]
 TEXTS = ["hello world", "a cat", "it's seven", "stop", "the big red dog", "one two", "blue sky", "yes"]
@@ -117,8 +119,9 @@ def test_bpe_tokenizer_and_channel_selector(manifest, tmp_path):
     ("use_lhotse", True, "Lhotse"),
     ("trim_silence", True, "silence trimming"),
     ("augmentor", {"white_noise": {"prob": 0.5}}, "augmentation"),
-    ("manifest_filepat", "x.json", "unknown dataset config key 'manifest_filepat'"),
-    ("batchsize", 4, "unknown dataset config key 'batchsize'"),
+    ("manifest_filepat", "x.json", "unknown key dataset.manifest_filepat; did you mean dataset.manifest_filepath"),
+    ("batchsize", 4, "unknown key dataset.batchsize; did you mean dataset.batch_size"),
+    ("batch_size", "16", r"dataset.batch_size: wrong type: got '16' \(str\), expected int"),
 ])
 def test_config_errors_name_the_key(manifest, key, value, message):
     with pytest.raises(DataConfigError, match=message) as info:
@@ -135,9 +138,19 @@ def test_missing_manifest_and_tokenizer(manifest):
         build_dataloader(cfg)
 
 
-def test_key_lists_are_disjoint():
-    assert not set(SUPPORTED_KEYS) & IGNORED_KEYS
-    assert not set(DEFAULT_ONLY_KEYS) & (IGNORED_KEYS | set(SUPPORTED_KEYS))
+def test_errors_name_the_block_and_warn_mode_drops_unknown_keys(manifest, caplog):
+    with pytest.raises(DatasetConfigError, match="unknown key model.train_ds.batch_sizee; did you mean "
+                                                 "model.train_ds.batch_size") as info:
+        build_dataloader(_cfg(manifest, batch_sizee=4), path="model.train_ds")
+    assert isinstance(info.value, ConfigError) and info.value.suggestion == "model.train_ds.batch_size"
+    reset_logged_keys()
+    with caplog.at_level(logging.INFO, logger="nemofn.core.schema"):
+        loader = build_dataloader(_cfg(manifest, batch_size=4, batch_sizee=8, shuffle_n=2048), path="test_ds",
+                                  unknown_keys="warn")
+    assert loader.batch_sampler.batch_size == 4
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("unknown config key test_ds.batch_sizee is ignored" in m for m in messages)
+    assert any("test_ds.shuffle_n has no effect in nemofn" in m for m in messages)
 
 
 def test_reference_batch_matches_nemo(nemo3_dir):

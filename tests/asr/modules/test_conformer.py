@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 
 from nemofn.asr.modules.conformer import ConformerConvolution, ConformerEncoder
 from nemofn.core.rng import RngKey
+from nemofn.core.schema import ConfigError
 from nemofn.core.tree import flatten, leaves
 
 # The 2-layer model NeMo 3.0 built (NEMO_FACTS 3.4): 90 keys = 2 preprocessor + 6 pre_encode + 2 x 40 layer
@@ -111,7 +112,7 @@ def test_from_config_drops_target_and_names_unknown_keys():
     enc = ConformerEncoder.from_config(cfg)
     assert enc.att_context == (-1, -1) and enc.subsampling_factor == 4 and enc.feat_out == 32
     hash(enc)
-    with pytest.raises(ValueError, match="n_layerz"):
+    with pytest.raises(ConfigError, match="unknown key encoder.n_layerz; did you mean encoder.n_layers"):
         ConformerEncoder.from_config({**SMALL, "n_layerz": 3})
 
 

@@ -12,6 +12,7 @@ from nemofn.asr.modules.conv_asr import ConvASREncoder, JasperBlockConfig
 from nemofn.asr.modules.decoder import ConvASRDecoder
 from nemofn.asr.modules.jasper import GroupShuffle, JasperBlock, SqueezeExcite, compute_new_kernel_size
 from nemofn.core.rng import RngKey
+from nemofn.core.schema import ConfigError
 from nemofn.core.tree import flatten, leaves, tree_map
 
 
@@ -318,12 +319,17 @@ def test_from_config_drops_target_and_names_unknown_keys():
     enc = ConvASREncoder.from_config(cfg)
     assert enc.feat_out == 64 and isinstance(enc.jasper[0], JasperBlockConfig)
     assert enc == ConvASREncoder(TINY_QUARTZNET, activation="relu", feat_in=64)
-    with pytest.raises(ValueError, match="'conv_masked'"):
+    with pytest.raises(ConfigError, match="unknown key encoder.conv_masked; did you mean encoder.conv_mask"):
         ConvASREncoder.from_config({"feat_in": 4, "activation": "relu", "conv_masked": True,
                                     "jasper": TINY_QUARTZNET})
-    with pytest.raises(ValueError, match=r"jasper\[1\].*'filter'"):
+    with pytest.raises(ConfigError, match=r"unknown key model.encoder.jasper\[1\].filter; did you mean "
+                                          r"model.encoder.jasper\[1\].filters") as info:
+        ConvASREncoder.from_config({"feat_in": 4, "activation": "relu", "jasper": TINY_QUARTZNET[:1] + [
+            {**TINY_QUARTZNET[1], "filter": 3}]}, path="model.encoder")
+    assert info.value.key == "model.encoder.jasper[1].filter"
+    with pytest.raises(ConfigError, match=r"encoder.jasper\[1\].filter; did you mean encoder.jasper\[1\].filters"):
         ConvASREncoder(TINY_QUARTZNET[:1] + [{**TINY_QUARTZNET[1], "filter": 3}], activation="relu", feat_in=4)
-    with pytest.raises(ValueError, match=r"jasper\[0\].*missing.*'dropout'"):
+    with pytest.raises(ConfigError, match=r"encoder.jasper\[0\]: missing required key\(s\) dropout"):
         ConvASREncoder([{k: v for k, v in TINY_QUARTZNET[0].items() if k != "dropout"}], activation="relu",
                        feat_in=4)
     with pytest.raises(ValueError, match="unknown activation"):

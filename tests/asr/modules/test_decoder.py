@@ -9,6 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from nemofn.asr.modules.decoder import ConvASRDecoder
+from nemofn.core.schema import ConfigError
 from nemofn.core.tree import flatten
 
 
@@ -56,7 +57,7 @@ def test_from_config():
                             "num_classes": 2, "vocabulary": ["x", "y"]})
     dec = ConvASRDecoder.from_config(cfg)
     assert dec == ConvASRDecoder(feat_in=8, num_classes=2, vocabulary=["x", "y"])
-    with pytest.raises(ValueError, match="'num_class'"):
+    with pytest.raises(ConfigError, match="unknown key decoder.num_class; did you mean decoder.num_classes"):
         ConvASRDecoder.from_config({"feat_in": 8, "num_class": 2})
     with pytest.raises(ValueError, match="feat_out"):
         ConvASRDecoder.from_config({"feat_in": None, "num_classes": 2})

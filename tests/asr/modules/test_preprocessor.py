@@ -12,6 +12,7 @@ import yaml
 from nemofn.asr.modules.features import FixedStats
 from nemofn.asr.modules.preprocessor import AudioToMelSpectrogramPreprocessor
 from nemofn.core.rng import RngKey
+from nemofn.core.schema import ConfigError
 
 REFERENCES = ("quartznet_char", "citrinet_bpe", "conformer_bpe", "fastconformer_bpe")
 
@@ -46,7 +47,7 @@ def _speechlike(batch: int = 3, samples: int = 8000, seed: int = 0) -> tuple[tor
 
 # ------------------------------------------------------------------------------------------- NeMo parity
 @pytest.mark.parametrize("name", REFERENCES)
-def test_parity_with_nemo_features(references, name):
+def test_parity_with_nemo_features(references, name, feature_atol):
     config, state, ref = references[name]
     pre = AudioToMelSpectrogramPreprocessor.from_config(config["preprocessor"])
     buffers = {
@@ -59,7 +60,7 @@ def test_parity_with_nemo_features(references, name):
     assert new_buffers is buffers
     assert features.shape == ref["features"].shape
     assert torch.equal(lengths, ref["features_len"])
-    assert (features - ref["features"]).abs().max().item() <= 1e-4
+    assert (features - ref["features"]).abs().max().item() <= feature_atol
 
 
 @pytest.mark.parametrize("name", REFERENCES)
@@ -97,8 +98,12 @@ def test_from_config_and_unknown_keys():
     from omegaconf import OmegaConf
 
     assert AudioToMelSpectrogramPreprocessor.from_config(OmegaConf.create(cfg)).features == 80
-    with pytest.raises(TypeError, match="n_melz"):
+    with pytest.raises(ConfigError, match="unknown key preprocessor.n_melz") as info:
         AudioToMelSpectrogramPreprocessor.from_config({"n_melz": 80})
+    assert info.value.key == "preprocessor.n_melz"
+    with pytest.raises(ConfigError, match=r"model.preprocessor.features: wrong type: got 'sixtyfour' \(str\), "
+                                          "expected int"):
+        AudioToMelSpectrogramPreprocessor.from_config({"features": "sixtyfour"}, path="model.preprocessor")
     with pytest.raises(TypeError, match="n_melz"):
         AudioToMelSpectrogramPreprocessor(n_melz=80)
 

@@ -7,6 +7,7 @@ import torch
 
 from nemofn.asr.modules.spec_augment import SpectrogramAugmentation
 from nemofn.core.rng import RngKey
+from nemofn.core.schema import ConfigError
 
 KEY = RngKey(0)
 
@@ -170,7 +171,8 @@ def test_config_and_validation():
     aug = SpectrogramAugmentation.from_config(cfg)
     assert aug.adaptive_time_width and aug.freq_masks == 2
     assert not SpectrogramAugmentation(time_width=10).adaptive_time_width
-    with pytest.raises(TypeError, match="freq_maskz"):
+    with pytest.raises(ConfigError, match="unknown key spec_augment.freq_maskz; did you mean "
+                                          "spec_augment.freq_masks"):
         SpectrogramAugmentation.from_config({"freq_maskz": 1})
     with pytest.raises(ValueError, match="time_width"):
         SpectrogramAugmentation(time_width=1.5)

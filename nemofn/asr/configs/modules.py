@@ -1,0 +1,233 @@
+"""Schemas of the module config blocks: ``preprocessor``, ``spec_augment``, ``encoder`` (ConvASR / Conformer and
+FastConformer) with its ``jasper`` block list, and ``decoder``.
+
+Each schema's fields (less ``_target_``) and defaults are exactly the constructor arguments of the nemofn module it
+configures (a test keeps them so), which take NeMo's constructor arguments and defaults. Where NeMo's own config
+dataclass differs from its constructor (e.g. ``SpectrogramAugmentationConfig.freq_width = 0`` against the
+constructor's 10), the constructor wins: a block that leaves a key out gets the constructor's value in NeMo too.
+
+:func:`module_schema` picks the schema a block's ``_target_`` names; :func:`select_module` makes the selector of a
+model-config slot (which modules may stand there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, List, Optional
+
+from nemofn.core.schema import MISSING, ConfigError, join_key, option
+
+__all__ = [
+    "AudioToMelSpectrogramPreprocessorConfig", "SpectrogramAugmentationConfig", "JasperEncoderConfig",
+    "ConvASREncoderConfig", "ConformerEncoderConfig", "ConvASRDecoderConfig", "MODULE_SCHEMAS", "module_schema",
+    "select_module", "NEMO_MODULES",
+]
+
+NEMO_MODULES = "nemo.collections.asr.modules"
+
+
+@dataclass
+class AudioToMelSpectrogramPreprocessorConfig:
+    """``preprocessor:`` of :class:`~nemofn.asr.modules.preprocessor.AudioToMelSpectrogramPreprocessor`."""
+
+    _target_: str = f"{NEMO_MODULES}.AudioToMelSpectrogramPreprocessor"
+    sample_rate: int = 16000
+    window_size: Optional[float] = 0.02
+    window_stride: Optional[float] = 0.01
+    n_window_size: Optional[int] = None
+    n_window_stride: Optional[int] = None
+    window: Optional[str] = "hann"
+    normalize: Any = option("per_feature", types=(str, dict, bool, None))
+    n_fft: Optional[int] = None
+    preemph: Optional[float] = 0.97
+    features: int = 64
+    lowfreq: float = 0
+    highfreq: Optional[float] = None
+    log: bool = True
+    log_zero_guard_type: str = option("add", choices=("add", "clamp"))
+    log_zero_guard_value: Any = option(2**-24, types=(float, str))
+    dither: float = 1e-5
+    pad_to: Any = option(16, types=(int, str))
+    frame_splicing: int = 1
+    exact_pad: bool = False
+    pad_value: float = 0.0
+    mag_power: float = 2.0
+    rng: Optional[Any] = None
+    nb_augmentation_prob: float = 0.0
+    nb_max_freq: float = 4000
+    use_torchaudio: bool = False
+    mel_norm: Any = option("slaney", types=(str, float, None))
+    stft_exact_pad: bool = False
+    stft_conv: bool = False
+
+
+@dataclass
+class SpectrogramAugmentationConfig:
+    """``spec_augment:`` of :class:`~nemofn.asr.modules.spec_augment.SpectrogramAugmentation`."""
+
+    _target_: str = f"{NEMO_MODULES}.SpectrogramAugmentation"
+    freq_masks: int = 0
+    time_masks: int = 0
+    freq_width: int = 10
+    time_width: Any = option(10, types=(int, float))
+    rect_masks: int = 0
+    rect_time: int = 5
+    rect_freq: int = 20
+    mask_value: float = 0.0
+    use_vectorized_spec_augment: bool = True
+    use_numba_spec_augment: bool = False
+    rng: Optional[Any] = None
+
+
+@dataclass
+class JasperEncoderConfig:
+    """One entry of ``encoder.jasper`` (NeMo's name; :class:`~nemofn.asr.modules.conv_asr.JasperBlockConfig`).
+
+    ``kernel``, ``stride`` and ``dilation`` are 1-element lists in NeMo's configs (an int is accepted too);
+    ``residual_mode: null`` takes the encoder's.
+    """
+
+    filters: int = MISSING
+    repeat: int = MISSING
+    kernel: Any = option(MISSING, types=(List[int], int))
+    stride: Any = option(MISSING, types=(List[int], int))
+    dilation: Any = option(MISSING, types=(List[int], int))
+    dropout: float = MISSING
+    residual: bool = MISSING
+    groups: int = 1
+    separable: bool = False
+    heads: int = -1
+    residual_mode: Optional[str] = None
+    residual_dense: bool = False
+    se: bool = False
+    se_reduction_ratio: int = 8
+    se_context_size: int = -1
+    se_interpolation_mode: str = "nearest"
+    kernel_size_factor: float = 1.0
+    stride_last: bool = False
+    future_context: int = -1
+
+
+@dataclass
+class ConvASREncoderConfig:
+    """``encoder:`` of :class:`~nemofn.asr.modules.conv_asr.ConvASREncoder` (Jasper, QuartzNet, Citrinet)."""
+
+    _target_: str = f"{NEMO_MODULES}.ConvASREncoder"
+    jasper: List[JasperEncoderConfig] = MISSING
+    activation: str = MISSING
+    feat_in: int = MISSING
+    normalization_mode: str = "batch"
+    residual_mode: str = "add"
+    norm_groups: int = -1
+    conv_mask: bool = True
+    frame_splicing: int = 1
+    init_mode: Optional[str] = "xavier_uniform"
+    quantize: bool = False
+
+
+@dataclass
+class ConformerEncoderConfig:
+    """``encoder:`` of :class:`~nemofn.asr.modules.conformer.ConformerEncoder` (Conformer and FastConformer:
+    ``subsampling: dw_striding``, ``subsampling_factor: 8``, ``subsampling_conv_channels``, ``conv_kernel_size: 9``).
+    """
+
+    _target_: str = f"{NEMO_MODULES}.ConformerEncoder"
+    feat_in: int = MISSING
+    n_layers: int = MISSING
+    d_model: int = MISSING
+    feat_out: int = -1
+    causal_downsampling: bool = False
+    subsampling: Optional[str] = "striding"
+    subsampling_factor: int = 4
+    subsampling_conv_chunking_factor: int = 1
+    subsampling_conv_channels: int = -1
+    reduction: Optional[str] = None
+    reduction_position: Optional[int] = None
+    reduction_factor: int = 1
+    ff_expansion_factor: int = 4
+    self_attention_model: str = "rel_pos"
+    n_heads: int = 4
+    att_context_size: Optional[List[Any]] = None  # [left, right], or a list of such pairs
+    att_context_probs: Optional[List[float]] = None
+    att_context_style: str = "regular"
+    att_chunk_context_size: Optional[List[Any]] = None
+    xscaling: bool = True
+    untie_biases: bool = True
+    pos_emb_max_len: int = 5000
+    conv_kernel_size: int = 31
+    conv_norm_type: str = "batch_norm"
+    conv_context_size: Any = option(None, types=(List[int], str, None))
+    conv_context_style: str = "regular"
+    use_bias: bool = True
+    dropout: float = 0.1
+    dropout_pre_encoder: float = 0.1
+    dropout_emb: float = 0.1
+    dropout_att: float = 0.0
+    stochastic_depth_drop_prob: float = 0.0
+    stochastic_depth_mode: str = "linear"
+    stochastic_depth_start_layer: int = 1
+    global_tokens: int = 0
+    global_tokens_spacing: int = 1
+    global_attn_separate: bool = False
+    use_pytorch_sdpa: bool = False
+    use_pytorch_sdpa_backends: Optional[List[str]] = None
+    sync_max_audio_length: bool = True
+
+
+@dataclass
+class ConvASRDecoderConfig:
+    """``decoder:`` of :class:`~nemofn.asr.modules.decoder.ConvASRDecoder` (the CTC head).
+
+    ``feat_in: null`` and ``num_classes: -1`` are filled by the CTC model (encoder output size, vocabulary size).
+    ``temperature`` is nemofn's (NeMo sets it on the module from ``decoding.temperature``).
+    """
+
+    _target_: str = f"{NEMO_MODULES}.ConvASRDecoder"
+    feat_in: Optional[int] = MISSING
+    num_classes: int = MISSING
+    init_mode: Optional[str] = "xavier_uniform"
+    vocabulary: Optional[List[str]] = None
+    add_blank: bool = True
+    temperature: float = 1.0
+
+
+#: NeMo class name -> schema of its config block (the names of ``nemofn.asr.modules.registry.MODULES``).
+MODULE_SCHEMAS: dict[str, type] = {
+    "AudioToMelSpectrogramPreprocessor": AudioToMelSpectrogramPreprocessorConfig,
+    "SpectrogramAugmentation": SpectrogramAugmentationConfig,
+    "ConvASREncoder": ConvASREncoderConfig,
+    "ConformerEncoder": ConformerEncoderConfig,
+    "ConvASRDecoder": ConvASRDecoderConfig,
+}
+
+
+def module_schema(target: str, path: str = "", allowed: tuple[str, ...] | None = None) -> type:
+    """The schema of the module a ``_target_`` names (``nemo.collections.asr.modules.ConformerEncoder``).
+
+    Raises:
+        ConfigError: a module nemofn does not implement (or one that cannot stand in this block), named.
+    """
+    allowed = tuple(MODULE_SCHEMAS) if allowed is None else allowed
+    name = str(target).rsplit(".", 1)[-1]
+    if name not in allowed:
+        key = join_key(path, "_target_")
+        what = "a module nemofn implements" if name not in MODULE_SCHEMAS else f"a module for {path or 'this block'}"
+        raise ConfigError(f"{key}: {target!r} is not {what}; use one of "
+                          f"{[f'{NEMO_MODULES}.{n}' for n in allowed]}", key=key)
+    return MODULE_SCHEMAS[name]
+
+
+def select_module(*allowed: str) -> Callable[[Mapping, str], type]:
+    """A ``select`` for a model-config slot where the modules ``allowed`` (class names) may stand."""
+
+    def select(block: Mapping, path: str) -> type:
+        target = block.get("_target_")
+        if target is None:
+            key = join_key(path, "_target_")
+            raise ConfigError(f"{key} is missing; set e.g. _target_: {NEMO_MODULES}.{allowed[0]}", key=key)
+        if isinstance(target, str) and (target == MISSING or "${" in target):
+            return MODULE_SCHEMAS[allowed[0]]
+        return module_schema(target, path, allowed)
+
+    return select
