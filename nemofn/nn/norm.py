@@ -3,6 +3,11 @@
 Params and buffers carry torch's names (``weight``, ``bias``, ``running_mean``, ``running_var``,
 ``num_batches_tracked``), so NeMo's state-dict keys load unchanged. NeMo's Jasper blocks build
 ``BatchNorm1d(C, eps=1e-3, momentum=0.1)``; Conformer's conv module uses the default ``eps=1e-5``.
+
+Synchronised batch norm (``trainer.sync_batchnorm``, ``nn.SyncBatchNorm``) is a setting of the training loop, not
+of the module: inside ``with nemofn.nn.sync_batchnorm.sync_batchnorm():`` every ``BatchNorm*.apply(train=True)``
+normalises with the statistics of all ranks' samples and updates the running statistics from them (see
+:mod:`nemofn.nn.sync_batchnorm`). Outside the context, or on one process, batch norm is the plain per-rank one.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from nemofn.nn.module import Module
+from nemofn.nn.sync_batchnorm import SyncSpec, active_sync, sync_batch_norm
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm"]
 
@@ -45,12 +51,17 @@ class _BatchNorm(Module):
         update: ``(1 - m) * running + m * batch`` with the unbiased batch variance, or the cumulative average
         when ``momentum is None``) and ``num_batches_tracked + 1``. The input buffers are not modified.
         ``train=False`` normalises with the running statistics and returns ``buffers`` unchanged.
+        Inside an active :func:`~nemofn.nn.sync_batchnorm.sync_batchnorm` context, ``train=True`` uses the
+        statistics of all ranks' batches (``nn.SyncBatchNorm``).
         """
         self._check_input(x)
         weight, bias = params.get("weight"), params.get("bias")
         if not train:
             y = F.batch_norm(x, buffers["running_mean"], buffers["running_var"], weight, bias, False, 0.0, self.eps)
             return y, buffers
+        spec = active_sync()
+        if spec is not None:
+            return self._apply_synced(weight, bias, buffers, x, spec)
         count = buffers["num_batches_tracked"] + 1
         if self.momentum is not None:
             # F.batch_norm updates the running statistics in place, so hand it fresh copies.
@@ -60,6 +71,21 @@ class _BatchNorm(Module):
         else:
             y = F.batch_norm(x, None, None, weight, bias, True, 0.0, self.eps)
             running_mean, running_var = self._cumulative_update(x, buffers, count)
+        new_buffers = dict(buffers)
+        new_buffers.update(running_mean=running_mean, running_var=running_var, num_batches_tracked=count)
+        return y, new_buffers
+
+    def _apply_synced(self, weight, bias, buffers, x: torch.Tensor, spec: SyncSpec):
+        """Training forward with statistics over all ranks of ``spec.group``; running statistics follow
+        ``nn.SyncBatchNorm``: global mean and unbiased global variance, factor ``momentum`` or ``1 / count``."""
+        y, mean, var, total = sync_batch_norm(x, weight, bias, self.eps, spec)
+        count = buffers["num_batches_tracked"] + 1
+        with torch.no_grad():
+            rm, rv = buffers["running_mean"], buffers["running_var"]
+            factor = self.momentum if self.momentum is not None else 1.0 / count.to(mean.dtype)
+            unbiased = var * (total / (total - 1))
+            running_mean = (factor * mean + (1 - factor) * rm.to(mean.dtype)).to(rm.dtype)
+            running_var = (factor * unbiased + (1 - factor) * rv.to(var.dtype)).to(rv.dtype)
         new_buffers = dict(buffers)
         new_buffers.update(running_mean=running_mean, running_var=running_var, num_batches_tracked=count)
         return y, new_buffers

@@ -21,7 +21,7 @@ Distributed notes
       ``broadcast_buffers=True``: before each training forward rank 0's buffers are broadcast to every rank, so
       the running statistics are those rank 0 computes from its own batches. With ``sync_batchnorm``
       (``StepConfig.sync_batchnorm``) the batch statistics of every training forward are all-reduced over the
-      ranks instead, as ``nn.SyncBatchNorm`` computes them (``nemofn.nn.norm.sync_batchnorm``).
+      ranks instead, as ``nn.SyncBatchNorm`` computes them (``nemofn.nn.sync_batchnorm``).
     * FSDP (root module only): ``fit(strategy="fsdp2")`` runs; Fabric's FSDP1 ``FSDPStrategy`` is blocked on
       CPU. The details are in :data:`FSDP_STATUS`.
 """

@@ -33,6 +33,7 @@ checkpointing yet; see ``nemofn.train.adapter.FSDP_STATUS``).
 
 from __future__ import annotations
 
+import atexit
 import io
 import math
 from collections.abc import Callable, Sequence
@@ -270,8 +271,23 @@ def _val_loaders(val_data: Any, cfg: FitConfig, fabric: Any, batch_size: int) ->
     return loaders
 
 
+_TEARDOWN_REGISTERED = False
+
+
+def _destroy_process_group_at_exit() -> None:
+    # With gloo, a process group still alive at interpreter shutdown can abort the process ("terminate called
+    # without an active exception": gloo's thread frees tensors after Python stopped). Fabric tears it down only
+    # for NCCL; atexit runs before the shutdown starts.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def _run(fabric: Any, model: ModelState | TrainState, step: StepConfig, train_data: Any, val_data: Any,
          cfg: FitConfig) -> FitResult:
+    global _TEARDOWN_REGISTERED
+    if fabric.world_size > 1 and not _TEARDOWN_REGISTERED:
+        atexit.register(_destroy_process_group_at_exit)
+        _TEARDOWN_REGISTERED = True
     if isinstance(model, _Packed):
         model = model.unpack()
     given_sampler = getattr(train_data, "batch_sampler", None)

@@ -39,7 +39,7 @@ __all__ = ["Objective", "StepConfig", "MicroBatches", "SupervisedObjective", "tr
 def _batchnorm_sync(cfg: StepConfig) -> contextlib.AbstractContextManager:
     if not cfg.sync_batchnorm:
         return contextlib.nullcontext()
-    from nemofn.nn.norm import sync_batchnorm
+    from nemofn.nn.sync_batchnorm import sync_batchnorm
 
     return sync_batchnorm()
 

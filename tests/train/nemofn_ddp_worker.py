@@ -1,8 +1,19 @@
-"""Worker of ``test_ddp.py`` (a plain module, so ``ddp_spawn`` children can import it by name)."""
+"""Worker of ``test_ddp.py`` (a plain module, so ``ddp_spawn`` children can import it by name).
+
+Teardown: every spawned rank destroys its process group before returning (:func:`run_all`). Fabric registers no
+teardown for gloo (only NCCL gets an ``atexit`` ``destroy_process_group``), and without one a rank sometimes aborts
+at exit with "terminate called without an active exception" (SIGABRT, then ``ProcessExitedException`` in the
+parent): gloo's ``pt_gloo_runloop`` thread drops its reference to the last collective's work object a moment after
+the caller's ``wait()`` returned; freeing it decrefs the Python-owned tensors, which needs the GIL; if the main
+thread has meanwhile reached interpreter finalisation, CPython ends the thread with ``pthread_exit``, whose forced
+unwind through that C++ destructor calls ``std::terminate``. ``destroy_process_group`` joins those threads while
+the interpreter is still fully alive.
+"""
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from nemofn.core.rng import RngKey
@@ -65,10 +76,14 @@ def batchnorm_worker(fabric) -> tuple[float, float]:
 
 
 def run_all(fabric) -> dict[str, float]:
-    """Both checks in one launch (spawning processes is the slow part)."""
-    grad_error = gradient_worker(fabric)
-    from_rank0, ranks_apart = batchnorm_worker(fabric)
-    # Rank 0 returns; gather rank 1's view of the broadcast check so the parent sees both.
-    errors = fabric.all_gather(torch.tensor([grad_error, from_rank0]))
-    return {"grad_error": float(errors[:, 0].max()), "bn_from_rank0": float(errors[:, 1].max()),
-            "bn_ranks_apart": ranks_apart}
+    """Both checks in one launch (spawning processes is the slow part); tears the process group down after."""
+    try:
+        grad_error = gradient_worker(fabric)
+        from_rank0, ranks_apart = batchnorm_worker(fabric)
+        # Rank 0 returns; gather rank 1's view of the broadcast check so the parent sees both.
+        errors = fabric.all_gather(torch.tensor([grad_error, from_rank0]))
+        return {"grad_error": float(errors[:, 0].max()), "bn_from_rank0": float(errors[:, 1].max()),
+                "bn_ranks_apart": ranks_apart}
+    finally:
+        if dist.is_initialized():  # see the module docstring
+            dist.destroy_process_group()

@@ -13,8 +13,10 @@ from nemofn.core.rng import RngKey
 from nemofn.core.state import ModelState
 from nemofn.nn.activation import Activation
 from nemofn.nn.linear import Linear
+from nemofn.nn.norm import BatchNorm1d
 from nemofn.nn.sequential import Sequential
 from nemofn.optim.adam import adamw
+from nemofn.optim.sgd import sgd
 from nemofn.train.loop import fit
 from nemofn.train.step import StepConfig, SupervisedObjective
 
@@ -58,3 +60,25 @@ def test_two_ranks_with_batch_b_equal_one_process_with_batch_2b():
         assert abs(row_one["grad_norm"] - row_two["grad_norm"]) < 1e-5
     for name, a, b in zip(one.state.model.param_names, one.state.model.param_list, two.state.model.param_list):
         assert torch.allclose(a, b, rtol=0, atol=1e-5), name
+
+
+BN_NET = Sequential([Linear(3, 16), BatchNorm1d(16), Activation("tanh"), Linear(16, 2)])
+
+
+def test_sync_batchnorm_in_fit_makes_two_ranks_equal_one_process_with_batch_statistics():
+    """StepConfig.sync_batchnorm through fit: BatchNorm statistics of the global batch, so 2 ranks x B equal 1 x 2B
+    (parameters and running statistics); without it the ranks' statistics differ (rank 0's are kept)."""
+    common = dict(max_steps=4, log_every_n_steps=1, accelerator="cpu", loggers=(), progress_bar=False, seed=3)
+    data = _data(64)
+
+    def step(sync):
+        # SGD, not Adam: the bias before BatchNorm has a zero gradient in exact arithmetic, and Adam would blow its
+        # rounding noise up to full-size steps
+        return StepConfig(SupervisedObjective(BN_NET, F.mse_loss), sgd(), 5e-2, sync_batchnorm=sync)
+
+    one = fit(ModelState.create(*BN_NET.init(RngKey(0))), step(False), data, batch_size=16, devices=1, **common)
+    two = fit(ModelState.create(*BN_NET.init(RngKey(0))), step(True), data, batch_size=8, devices=2,
+              strategy="ddp_spawn", **common)
+    a, b = one.state.model, two.state.model
+    for name, x, y in zip(a.param_names + a.buffer_names, a.param_list + a.buffer_list, b.param_list + b.buffer_list):
+        assert torch.allclose(x.float(), y.float(), rtol=0, atol=1e-5), name
