@@ -1,15 +1,16 @@
 """``EncDecCTCModel``: NeMo's char CTC model over ``nemofn.asr.models.ctc_model.CTCModel``.
 
 The model holds a :class:`~nemofn.asr.models.ctc_model.CTCModel` (network, tokenizer, greedy text decoding) and
-its :class:`~nemofn.core.state.ModelState`. NeMo-style pieces on top:
+its :class:`~nemofn.core.state.ModelState`, registered as the tensors of NeMo's submodules. NeMo-style pieces:
 
-* ``model.preprocessor(input_signal=, length=)``, ``model.encoder(audio_signal=, length=)``,
-  ``model.decoder(encoder_output=)`` and ``model(input_signal=, input_signal_length=)`` (``forward``), in the
-  model's train / eval mode;
+* ``model.preprocessor(input_signal=, length=)``, ``model.spec_augmentation(input_spec=, length=)``,
+  ``model.encoder(audio_signal=, length=)``, ``model.decoder(encoder_output=)``, ``model.loss(log_probs=, ...)``
+  and ``model(input_signal=, input_signal_length=)`` (NeMo's ``forward``), each submodule in its own mode;
+* NeMo's ``training_step`` (``train_loss``, ``learning_rate``, ``global_step``, ``training_batch_wer`` every
+  ``log_every_n_steps``) and ``validation_step`` / ``test_step`` (loss and WER counts from one forward pass);
 * ``transcribe(audio, batch_size=4, return_hypotheses=False, ...) -> list[Hypothesis]`` (greedy; dither and
   ``pad_to`` off while it runs; the mode is restored afterwards);
-* ``change_vocabulary(new_labels)`` (a new decoder, same encoder weights) and ``change_decoding_strategy(cfg)``;
-* ``validation_step`` with NeMo's ``val_loss`` / ``val_wer_*`` keys, from one forward (:class:`CTCEvalObjective`).
+* ``change_vocabulary(new_labels)`` (a new decoder, same encoder weights) and ``change_decoding_strategy(cfg)``.
 """
 
 from __future__ import annotations
@@ -24,47 +25,23 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from compat.collections.asr.parts.utils.rnnt_utils import Hypothesis
 from compat.models.asr_model import ASRModel
-from compat.models.bound_module import BoundModule
+from compat.models.modelpt_module import SubModuleSpec
 from compat.models.ctc_decoding import check_decoding_supported, default_decoding_config, merge_decoding_config
 from compat.models.transcribe import collect_sources, count_batches, iterate_batches
-from nemofn.asr.ctc import ctc_loss
+from nemofn.asr.ctc import CTCLoss
 from nemofn.asr.decoding import ctc_greedy_decode, greedy_scores
 from nemofn.asr.metrics import error_counts
 from nemofn.asr.models.ctc_model import CTCModel
 from nemofn.asr.tokenizers import CharTokenizer
 from nemofn.core.rng import RngKey
 from nemofn.core.state import ModelState
+from nemofn.nn.module import Module
 
-__all__ = ["EncDecCTCModel", "CTCEvalObjective"]
+__all__ = ["EncDecCTCModel"]
 
 log = logging.getLogger("compat.models")
 
 _DS_KEYS = ("train_ds", "validation_ds", "test_ds")
-
-
-@attrs.frozen(eq=False)
-class CTCEvalObjective:
-    """Validation objective: the CTC loss plus greedy WER counts, from one forward.
-
-    Returns ``(loss, {"wer_num": errors, "wer_denom": reference words}, new_buffers)`` (counts as int64 tensors).
-    Decoding to text syncs with the host; this objective is for evaluation, not for the compiled training step.
-    """
-
-    network: Any
-    text_decoder: Any
-    tokenizer: Any
-    use_cer: bool = False
-
-    def __call__(self, params: Any, buffers: Any, batch: Any, *, train: bool, rng: Any):
-        signal, signal_len, tokens, tokens_len = batch[:4]
-        (log_probs, encoded_len), new_buffers = self.network.apply(params, buffers, signal, signal_len, train=train,
-                                                                   rng=rng)
-        loss = ctc_loss(log_probs, tokens, encoded_len, tokens_len, blank=self.network.blank_id,
-                        reduction=self.network.ctc_reduction, zero_infinity=True)
-        hypotheses = self.text_decoder.decode(log_probs, encoded_len)
-        references = [self.tokenizer.decode(t[: int(n)].tolist()) for t, n in zip(tokens, tokens_len)]
-        errors, words = error_counts(hypotheses, references, use_cer=self.use_cer)
-        return loss, {"wer_num": torch.tensor(errors), "wer_denom": torch.tensor(words)}, new_buffers
 
 
 class EncDecCTCModel(ASRModel, nemo_target="nemo.collections.asr.models.ctc_models.EncDecCTCModel",
@@ -82,7 +59,9 @@ class EncDecCTCModel(ASRModel, nemo_target="nemo.collections.asr.models.ctc_mode
 
     def build_functional(self, cfg: DictConfig) -> CTCModel:
         """Builds the :class:`CTCModel` and fills the config as NeMo does (decoder sizes, default decoding)."""
-        unit = CTCModel.from_config(cfg, tokenizer=self._build_tokenizer(cfg))
+        # A config from a .nemo may carry keys of other NeMo versions: warned about and dropped, not refused
+        unknown = "warn" if self._is_model_being_restored() else "error"
+        unit = CTCModel.from_config(cfg, tokenizer=self._build_tokenizer(cfg), unknown_keys=unknown)
         with open_dict(cfg):
             decoder = cfg.decoder
             if decoder.get("feat_in") is None:
@@ -95,31 +74,36 @@ class EncDecCTCModel(ASRModel, nemo_target="nemo.collections.asr.models.ctc_mode
                 cfg.decoding = default_decoding_config()
         return unit
 
-    # -- NeMo-style submodule calls -----------------------------------------------------------------------------
+    # -- NeMo's submodules ----------------------------------------------------------------------------------------
 
-    @property
-    def preprocessor(self) -> BoundModule:
-        """``model.preprocessor(input_signal=[B, T], length=[B]) -> (features [B, F, T'], lengths [B])``."""
-        return BoundModule(self, "preprocessor", self.fn_model.network.preprocessor, ("input_signal", "length"))
+    def submodule_specs(self) -> list[SubModuleSpec]:
+        """``preprocessor`` (``input_signal [B, T], length [B]`` -> features ``[B, F, T']``, lengths),
+        ``spec_augmentation`` (``input_spec, length``; ``None`` without ``spec_augment`` in the config),
+        ``encoder`` (``audio_signal [B, F, T'], length`` -> ``[B, D, T'']``, lengths) and ``decoder``
+        (``encoder_output [B, D, T'']`` -> log-probs ``[B, T'', V+1]``)."""
+        net = self.fn_model.network
+        return [SubModuleSpec("preprocessor", net.preprocessor, ("input_signal", "length")),
+                SubModuleSpec("spec_augmentation", net.spec_augment, ("input_spec", "length")),
+                SubModuleSpec("encoder", net.encoder, ("audio_signal", "length")),
+                SubModuleSpec("decoder", net.decoder, ("encoder_output",))]
 
-    @property
-    def spec_augmentation(self) -> BoundModule | None:
-        spec = self.fn_model.network.spec_augment
-        return None if spec is None else BoundModule(self, "spec_augment", spec, ("input_spec", "length"))
-
-    @property
-    def encoder(self) -> BoundModule:
-        """``model.encoder(audio_signal=[B, F, T'], length=[B]) -> (encoded [B, D, T''], lengths [B])``."""
-        return BoundModule(self, "encoder", self.fn_model.network.encoder, ("audio_signal", "length"))
-
-    @property
-    def decoder(self) -> BoundModule:
-        """``model.decoder(encoder_output=[B, D, T'']) -> log_probs [B, T'', V+1]``."""
-        return BoundModule(self, "decoder", self.fn_model.network.decoder, ("encoder_output",))
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "spec_augmentation" and (value is None or isinstance(value, Module)):
+            unit = self.fn_model  # NeMo's fine-tuning script swaps SpecAugment this way
+            self._replace_functional(attrs.evolve(unit, network=attrs.evolve(unit.network, spec_augment=value)))
+            self._bind_state(self.fn_state)
+            return
+        super().__setattr__(name, value)
 
     @property
     def tokenizer(self) -> Any:
         return self.fn_model.tokenizer
+
+    @property
+    def loss(self) -> CTCLoss:
+        """NeMo's ``CTCLoss`` (blank last, ``zero_infinity``, the config's ``ctc_reduction``), keyword-callable."""
+        net = self.fn_model.network
+        return CTCLoss(num_classes=net.blank_id, zero_infinity=True, reduction=net.ctc_reduction)
 
     def forward(self, input_signal: torch.Tensor | None = None, input_signal_length: torch.Tensor | None = None,
                 processed_signal: torch.Tensor | None = None, processed_signal_length: torch.Tensor | None = None):
@@ -142,11 +126,45 @@ class EncDecCTCModel(ASRModel, nemo_target="nemo.collections.asr.models.ctc_mode
         log_probs = self.decoder(encoder_output=encoded)
         return log_probs, encoded_len, log_probs.argmax(dim=-1)
 
-    # -- objectives ---------------------------------------------------------------------------------------------
+    # -- NeMo's steps ---------------------------------------------------------------------------------------------
 
-    def eval_objective_fn(self) -> CTCEvalObjective:
+    def _wer_counts(self, log_probs: torch.Tensor, lengths: torch.Tensor, tokens: torch.Tensor,
+                    tokens_len: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Greedy-decoded word (or char, with ``use_cer``) errors and reference words, as int64 tensors."""
         unit = self.fn_model
-        return CTCEvalObjective(unit.network, unit.text_decoder, unit.tokenizer, bool(self._cfg.get("use_cer", False)))
+        hypotheses = unit.text_decoder.decode(log_probs, lengths)
+        references = [unit.tokenizer.decode(t[: int(n)].tolist()) for t, n in zip(tokens.cpu(), tokens_len.cpu())]
+        errors, words = error_counts(hypotheses, references, use_cer=bool(self._cfg.get("use_cer", False)))
+        return torch.tensor(errors, device=log_probs.device), torch.tensor(words, device=log_probs.device)
+
+    def training_step(self, batch: Any, batch_nb: int = 0) -> dict[str, Any]:
+        """NeMo's: forward, CTC loss; logs ``train_loss``, ``learning_rate``, ``global_step`` and, every
+        ``log_every_n_steps`` batches, ``training_batch_wer`` (the backward pass and update are the trainer's)."""
+        signal, signal_len, transcript, transcript_len = batch[:4]
+        log_probs, encoded_len, _ = self.forward(input_signal=signal, input_signal_length=signal_len)
+        loss = self.loss(log_probs=log_probs, targets=transcript, input_lengths=encoded_len,
+                         target_lengths=transcript_len)
+        optimizer = self._optimizer
+        lr = optimizer.param_groups[0]["lr"] if hasattr(optimizer, "param_groups") else float("nan")
+        logs: dict[str, Any] = {"train_loss": loss, "learning_rate": lr,
+                                "global_step": torch.tensor(float(self.global_step))}
+        every = int(getattr(self._trainer, "log_every_n_steps", 1) or 1)
+        if (batch_nb + 1) % every == 0:
+            with torch.no_grad():
+                num, denom = self._wer_counts(log_probs.detach(), encoded_len, transcript, transcript_len)
+            logs["training_batch_wer"] = num.float() / denom.float()
+        return {"loss": loss, "log": logs}
+
+    def validation_pass(self, batch: Any, batch_idx: int = 0, dataloader_idx: int = 0) -> dict[str, Any]:
+        """Loss and WER counts of a batch from one forward: ``val_loss``, ``val_wer_num``, ``val_wer_denom``,
+        ``val_wer``."""
+        signal, signal_len, transcript, transcript_len = batch[:4]
+        with torch.no_grad():
+            log_probs, encoded_len, _ = self.forward(input_signal=signal, input_signal_length=signal_len)
+            loss = self.loss(log_probs=log_probs, targets=transcript, input_lengths=encoded_len,
+                             target_lengths=transcript_len)
+            num, denom = self._wer_counts(log_probs, encoded_len, transcript, transcript_len)
+        return {"val_loss": loss, "val_wer_num": num, "val_wer_denom": denom, "val_wer": num.float() / denom.float()}
 
     # -- transcription ------------------------------------------------------------------------------------------
 
@@ -234,10 +252,16 @@ class EncDecCTCModel(ASRModel, nemo_target="nemo.collections.asr.models.ctc_mode
 
     # -- vocabulary and decoding --------------------------------------------------------------------------------
 
+    def _decoding_config(self, decoding_cfg: Any) -> DictConfig:
+        """A user's decoding config, checked strictly; else the model's own (from a .nemo: lenient)."""
+        if decoding_cfg is not None:
+            return merge_decoding_config(decoding_cfg)
+        return merge_decoding_config(self._cfg.get("decoding"), unknown="warn")
+
     def _swap_decoder(self, cfg: DictConfig, tokenizer: Any, decoding_cfg: Any) -> None:
         """Rebuilds the unit from ``cfg`` with a fresh decoder; the other weights are kept (same tensors)."""
-        decoding = merge_decoding_config(decoding_cfg if decoding_cfg is not None else self._cfg.get("decoding"))
-        unit = CTCModel.from_config(cfg, tokenizer=tokenizer)
+        decoding = self._decoding_config(decoding_cfg)
+        unit = CTCModel.from_config(cfg, tokenizer=tokenizer, unknown_keys="warn")  # cfg: validated when built
         old = self.fn_state
         dec_params, dec_buffers = unit.network.decoder.init(RngKey(self._draw_seed()))
         params = {k: v for k, v in old.params.items() if k != "decoder"}
@@ -279,7 +303,7 @@ class EncDecCTCModel(ASRModel, nemo_target="nemo.collections.asr.models.ctc_mode
         Raises:
             NotImplementedError: a beam / LM / timestamp / confidence setting (named in the message).
         """
-        cfg = merge_decoding_config(decoding_cfg if decoding_cfg is not None else self._cfg.get("decoding"))
+        cfg = self._decoding_config(decoding_cfg)
         check_decoding_supported(cfg)
         unit = self.fn_model
         decoder = unit.network.decoder.replace(temperature=float(cfg.get("temperature", 1.0)))

@@ -15,6 +15,7 @@ The loader itself comes from :meth:`_setup_dataloader_from_config`, which by def
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import os
 from pathlib import Path
@@ -31,7 +32,9 @@ _DS_KEYS = {"train": "train_ds", "validation": "validation_ds", "test": "test_ds
 
 def _as_config(config: Any, what: str) -> DictConfig:
     if isinstance(config, DictConfig):
-        return copy.deepcopy(config)
+        # resolved in place of the whole config it came from (``sample_rate: ${model.sample_rate}``), since the
+        # copy kept in the model's config has no such root; MISSING values stay MISSING
+        return OmegaConf.create(OmegaConf.to_container(config, resolve=True, throw_on_missing=False))
     if isinstance(config, dict):
         return OmegaConf.create(config)
     raise TypeError(f"{what} must be a DictConfig or a dict, got {type(config).__name__}")
@@ -72,9 +75,12 @@ class DataSetupMixin:
                 f"({type(self.fn_model).__name__}) has no dataloader(ds_cfg) method; override "
                 f"_setup_dataloader_from_config(config) in {type(self).__name__}"
             )
+        kwargs: dict[str, Any] = {}
+        if "path" in inspect.signature(build).parameters:
+            kwargs["path"] = self.__dict__.get("_ds_path", "dataset")
         if self.world_size > 1:
-            return build(config, num_replicas=self.world_size, rank=self.global_rank)
-        return build(config)
+            kwargs.update(num_replicas=self.world_size, rank=self.global_rank)
+        return build(config, **kwargs)
 
     # -- config bookkeeping -------------------------------------------------------------------------------------
 
@@ -124,7 +130,11 @@ class DataSetupMixin:
             with open_dict(config):
                 config.shuffle = shuffle_default
         self._update_dataset_config(dataset_name, config)
-        return self._setup_dataloader_from_config(config)
+        self.__dict__["_ds_path"] = f"model.{_DS_KEYS[dataset_name]}"  # names the block in config errors
+        try:
+            return self._setup_dataloader_from_config(config)
+        finally:
+            self.__dict__.pop("_ds_path", None)
 
     def setup_training_data(self, train_data_config: DictConfig | dict) -> None:
         """Builds the training loader (``shuffle`` defaults to true) into ``self._train_dl``."""

@@ -52,35 +52,28 @@ def _loader_batch_size(loader: Any, ds_cfg: Any) -> int:
 
 
 class OptimizationMixin:
-    """``setup_optimization`` and the ``training_step`` / ``validation_step`` / ``test_step`` wrappers."""
+    """``setup_optimization`` and ``configure_optimizers`` of :class:`~compat.core.classes.ModelPT`, over ``nemofn.optim``.
+
+``setup_optimization(optim_config=None, optim_kwargs=None) -> (optimizer, schedule)`` reads NeMo's ``optim:`` block
+(``name`` / ``_target_``, ``lr``, optimizer keys or ``args``, ``sched``) and builds a functional optimizer and a
+``step -> lr`` schedule (``nemofn.optim.build_optimization``). ``max_steps`` follows NeMo's rules:
+
+* with a trainer attached (``compat.Trainer`` or any object with ``max_steps``, ``max_epochs``,
+  ``accumulate_grad_batches``, ``limit_train_batches``, ``num_devices``, ``num_nodes``): ``trainer.max_steps >= 0``
+  becomes ``sched.max_steps``; otherwise ``sched.t_max_epochs`` etc. are recorded and ``max_steps`` is computed from
+  the training loader with NeMo's ``compute_max_steps``;
+* without a trainer, ``sched.max_steps`` is used as given (NeMo silently drops the schedule here; compat builds it);
+* a schedule that needs ``max_steps`` and gets none raises ``ValueError`` saying how to give one.
+
+``configure_optimizers()`` (what ``compat.Trainer.fit`` calls, as Lightning does) returns
+``setup_optimization()``'s pair; override it to train with another optimizer. The optimizer state itself belongs
+to the training loop's :class:`~nemofn.core.state.TrainState`: frozen parameters get none until they are trained.
+During ``fit`` ``model._optimizer`` is a ``torch.optim.Optimizer`` face of the functional optimizer (its
+``param_groups[0]["lr"]`` is the current learning rate, as NeMo's ``training_step`` reads it).
+"""
 
     _optimizer: Any
     _scheduler: Any
-    _train_state: Any
-    _step_config: Any
-
-    # -- hooks --------------------------------------------------------------------------------------------------
-
-    def objective_fn(self) -> Any:
-        """The training objective ``(params, buffers, batch, *, train, rng) -> (loss, metrics, new_buffers)``.
-
-        Default: the functional model's ``objective``, else its ``network.objective``.
-        """
-        unit = self.fn_model
-        fn = getattr(unit, "objective", None)
-        if fn is None:
-            fn = getattr(getattr(unit, "network", None), "objective", None)
-        if fn is None:
-            raise NotImplementedError(
-                f"{type(unit).__name__} has no objective (nor network.objective); give the functional model an "
-                f"objective(params, buffers, batch, *, train, rng) method or override {type(self).__name__}."
-                "objective_fn()"
-            )
-        return fn
-
-    def eval_objective_fn(self) -> Any:
-        """The objective ``validation_step`` evaluates (default: :meth:`objective_fn`)."""
-        return self.objective_fn()
 
     # -- setup_optimization -------------------------------------------------------------------------------------
 
@@ -149,7 +142,7 @@ class OptimizationMixin:
 
     def setup_optimization(self, optim_config: DictConfig | dict | None = None,
                            optim_kwargs: dict[str, Any] | None = None) -> tuple[Any, Any] | None:
-        """Builds the functional optimizer and lr schedule, and the model's :class:`TrainState`.
+        """Builds the functional optimizer and lr schedule (kept as ``model._optimizer`` / ``model._scheduler``).
 
         Args:
             optim_config: NeMo's ``optim`` block; default ``cfg.optim`` (the config used is written back there).
@@ -182,145 +175,17 @@ class OptimizationMixin:
             target = optim["args"] if isinstance(optim.get("args"), dict) else optim
             target.update(optim_kwargs)
         optimizer, schedule, _ = build_optimization(optim, max_steps=max_steps)
-        self._install_optimizer(optimizer, schedule)
-        return self._optimizer, self._scheduler
-
-    def _install_optimizer(self, optimizer: Any, schedule: Any) -> None:
-        from nemofn.core.state import TrainState
-        from nemofn.train.step import StepConfig
-
-        clip = getattr(self._trainer, "gradient_clip_val", None) if self._trainer is not None else None
         self._optimizer, self._scheduler = optimizer, schedule
-        self._step_config = StepConfig(self.objective_fn(), optimizer, schedule, clip_grad_norm=clip or None)
-        old = self._train_state
-        if old is not None and not old.consumed:
-            old.consume("setup_optimization")
-        self._train_state = TrainState.create(self.fn_state, optimizer, rng=self._draw_seed())
+        return optimizer, schedule
 
-    # -- the steps ----------------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> tuple[Any, Any]:
+        """Lightning's hook: ``(optimizer, schedule)`` for the training loop (default: :meth:`setup_optimization`).
 
-    @property
-    def train_state(self) -> Any:
-        """The :class:`~nemofn.core.state.TrainState` set up by :meth:`setup_optimization` (``None`` before)."""
-        return self._train_state
-
-    @train_state.setter
-    def train_state(self, state: Any) -> None:
-        if state is not None and state.model is not self.fn_state:
-            raise ValueError("this TrainState holds another ModelState; a model's TrainState must wrap model.fn_state "
-                             "(build it with TrainState.create(model.fn_state, optimizer, rng=...))")
-        self._train_state = state
-
-    @property
-    def step_config(self) -> Any:
-        """The :class:`~nemofn.train.StepConfig` (objective, optimizer, schedule) of :meth:`setup_optimization`."""
-        return self._step_config
-
-    @property
-    def global_step(self) -> int:
-        """Optimizer steps taken through :meth:`training_step` (0 before optimization is set up)."""
-        return 0 if self._train_state is None else int(self._train_state.step)
-
-    def training_step(self, batch: Any, batch_nb: int = 0) -> dict[str, Any]:
-        """One optimizer step on ``batch`` (``nemofn.train.train_step``): forward, backward and update.
-
-        Unlike Lightning's, this method updates the weights itself. Returns ``{"loss": Tensor, "log": {train_loss,
-        learning_rate, global_step, ...}}`` (NeMo's keys; tensors are not synced to the host).
+        Raises:
+            ValueError: when there is no ``optim`` config (nothing to train with).
         """
-        from nemofn.train.step import train_step
-
-        if self._train_state is None:
-            raise RuntimeError(f"{type(self).__name__}.training_step needs an optimizer: call "
-                               "model.setup_optimization() first (it builds model.train_state)")
-        self._train_state, metrics = train_step(self._train_state, batch, self._step_config)
-        logs = {"train_loss": metrics["loss"], "learning_rate": metrics["lr"],
-                "global_step": torch.tensor(float(self._train_state.step))}
-        logs.update({k: v for k, v in metrics.items() if k not in ("loss", "lr")})
-        return {"loss": metrics["loss"], "log": logs}
-
-    def _eval_context(self) -> tuple[Any, Any]:
-        """``(TrainState, StepConfig)`` for ``eval_step``; works before ``setup_optimization`` too."""
-        from nemofn.core.state import TrainState
-        from nemofn.optim.sgd import sgd
-        from nemofn.train.step import StepConfig
-
-        state = self._train_state
-        if state is None:
-            state = TrainState(self.fn_state, {}, rng=0)  # eval_step reads only the model state
-        optimizer = self._optimizer if self._optimizer is not None else sgd()
-        return state, StepConfig(self.eval_objective_fn(), optimizer, 0.0)
-
-    def _evaluate_batch(self, batch: Any) -> dict[str, Any]:
-        from nemofn.train.step import eval_step
-
-        state, cfg = self._eval_context()
-        return eval_step(state, batch, cfg)
-
-    def validation_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
-        """Renames ``eval_step`` metrics to NeMo's validation keys (default: ``loss`` -> ``val_loss``)."""
-        return {("val_loss" if k == "loss" else f"val_{k}"): v for k, v in metrics.items()}
-
-    def _append_output(self, outputs_attr: str, loaders: Any, dataloader_idx: int, value: dict) -> None:
-        outputs = getattr(self, outputs_attr)
-        if isinstance(loaders, (list, tuple)) and len(loaders) > 1:
-            while len(outputs) < len(loaders):
-                outputs.append([])
-            outputs[dataloader_idx].append(value)
-        else:
-            outputs.append(value)
-
-    def validation_step(self, batch: Any, batch_idx: int = 0, dataloader_idx: int = 0) -> dict[str, Any]:
-        """Evaluates ``batch`` (``nemofn.train.eval_step``, no gradients); returns and records NeMo's ``val_*``."""
-        out = self.validation_metrics(self._evaluate_batch(batch))
-        self._append_output("validation_step_outputs", self._validation_dl, dataloader_idx, out)
-        return out
-
-    def test_step(self, batch: Any, batch_idx: int = 0, dataloader_idx: int = 0) -> dict[str, Any]:
-        """As :meth:`validation_step`, with NeMo's ``test_*`` keys."""
-        metrics = self.validation_metrics(self._evaluate_batch(batch))
-        out = {k.replace("val_", "test_", 1): v for k, v in metrics.items()}
-        self._append_output("test_step_outputs", self._test_dl, dataloader_idx, out)
-        return out
-
-    def multi_validation_epoch_end(self, outputs: list[dict], dataloader_idx: int = 0) -> dict[str, Any]:
-        """Aggregates one loader's validation outputs (default: the mean of every key)."""
-        if not outputs:
-            return {}
-        return {"log": {k: torch.stack([torch.as_tensor(o[k], dtype=torch.float32) for o in outputs]).mean()
-                        for k in outputs[0]}}
-
-    def multi_test_epoch_end(self, outputs: list[dict], dataloader_idx: int = 0) -> dict[str, Any]:
-        return self.multi_validation_epoch_end(outputs, dataloader_idx)
-
-    def _epoch_end(self, outputs: list, names: list[str] | None, primary: int, fn: Any,
-                   kind: str = "val") -> dict[str, Any]:
-        if not outputs:
-            return {}
-        if not isinstance(outputs[0], list):
-            return dict(fn(outputs, 0).get("log", {}))
-        logs: dict[str, Any] = {}
-        for idx, chunk in enumerate(outputs):
-            part = fn(chunk, idx).get("log", {})
-            prefix = names[idx] if names else f"{kind}_{idx}_"
-            logs.update({f"{prefix}{k}": v for k, v in part.items()})
-            if idx == primary:
-                logs.update(part)
-        return logs
-
-    def on_validation_epoch_end(self) -> dict[str, Any]:
-        """Aggregates and clears :attr:`validation_step_outputs`; returns the logged values (NeMo's prefixes)."""
-        logs = self._epoch_end(self.validation_step_outputs, getattr(self, "_validation_names", None),
-                               getattr(self, "_val_dl_idx", 0), self.multi_validation_epoch_end)
-        self.validation_step_outputs.clear()
-        return logs
-
-    def on_test_epoch_end(self) -> dict[str, Any]:
-        """Aggregates and clears :attr:`test_step_outputs`."""
-        logs = self._epoch_end(self.test_step_outputs, getattr(self, "_test_names", None),
-                               getattr(self, "_test_dl_idx", 0), self.multi_test_epoch_end, "test")
-        self.test_step_outputs.clear()
-        return logs
-
-    def _draw_seed(self) -> int:
-        """A seed from torch's global generator, so ``torch.manual_seed`` / ``seed_everything`` govern it."""
-        return int(torch.randint(0, 2**31 - 1, (1,)).item())
+        result = self.setup_optimization()
+        if result is None:
+            raise ValueError(f"{type(self).__name__} has no optimizer: the model config has no `optim` block. Add "
+                             "one (e.g. model.optim={name: adamw, lr: 0.001}) or override configure_optimizers()")
+        return result

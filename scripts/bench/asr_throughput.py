@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +25,8 @@ from nemofn.train.step import StepConfig, train_step
 
 
 def _throwaway_tokenizer(folder: Path, vocab: int) -> Path:
-    from nemofn.asr.data.demo_corpus import VOCABULARY
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+    from demo_corpus import VOCABULARY
     from nemofn.asr.tokenizers.builder import process_asr_text_tokenizer
 
     gen = torch.Generator().manual_seed(0)

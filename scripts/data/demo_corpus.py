@@ -1,4 +1,8 @@
-"""A small synthetic English speech corpus, spoken by eSpeak NG, for demos and tests.
+"""A small synthetic English speech corpus, spoken by eSpeak NG, for the demo, benchmarks and tests.
+
+    python scripts/data/demo_corpus.py --out data/demo --num-train 6000 --num-val 200 --num-test 200 --seed 0
+
+Demo data, not the library: scripts and tests import it from this folder (``sys.path``).
 
 Sentences of 3 to 10 words drawn from a fixed vocabulary of common words (lower-case, no punctuation: only ``a``-``z``,
 space and apostrophe, QuartzNet's char labels) are spoken by many voices: an accent (``en-us``, ``en-gb-scotland``,
@@ -381,7 +385,7 @@ def make_demo_corpus(out_dir: str | os.PathLike, spec: CorpusSpec = CorpusSpec()
 
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:
-    """Command line: ``python scripts/data/make_demo_corpus.py --out DIR --num-train 6000 --num-val 200 ...``."""
+    """Command line: ``python scripts/data/demo_corpus.py --out DIR --num-train 6000 --num-val 200 ...``."""
     p = argparse.ArgumentParser(description="Synthesise a small English speech corpus with eSpeak NG "
                                             "(NeMo manifests, 16 kHz mono WAV)")
     p.add_argument("--out", required=True, help="corpus folder")
@@ -396,3 +400,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     for split, path in manifests.items():
         print(f"{split}: {path}")
     return manifests
+
+
+if __name__ == "__main__":
+    main()

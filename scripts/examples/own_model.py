@@ -1,8 +1,8 @@
 """Your own model: a functional network from nemofn modules, plus a small compat class that builds it from a config.
 
 ``TinyEncoder`` is a stateless nemofn module; ``TinyCTCModel`` says how its config becomes a functional model (the
-data and the CTC loss come with ``CTCModel``). ``save_to``, ``restore_from``, ``setup_optimization``,
-``training_step`` and ``transcribe`` then work as for NeMo's models::
+data and the CTC loss come with ``CTCModel``). ``compat.Trainer``, ``save_to``, ``restore_from`` and ``transcribe``
+then work as for NeMo's models::
 
     python scripts/examples/own_model.py path/to/train_manifest.json   # char labels a-z, space, apostrophe
 """
@@ -12,6 +12,7 @@ import sys
 import attrs
 import torch
 
+from compat import Trainer
 from compat.collections.asr.models import EncDecCTCModel
 from compat.core.classes import ModelPT
 from nemofn.asr.decoding import CharDecoder
@@ -64,16 +65,11 @@ def main(train_manifest: str, out: str = "tiny_ctc.nemo", steps: int = 20) -> No
     cfg = {"sample_rate": 16000, "labels": labels, "preprocessor": {"features": 32, "dither": 0.0},
            "encoder": {"d_model": 64}, "optim": {"name": "adamw", "lr": 3e-3},
            "train_ds": {"manifest_filepath": train_manifest, "batch_size": 8, "shuffle": True}}
-    model = TinyCTCModel(cfg)                         # builds the data loader from train_ds, as NeMo does
-    model.setup_optimization()
-    done = 0
-    while done < steps:
-        for batch in model.train_dataloader():
-            metrics = model.training_step(batch)      # forward, backward and one optimizer update
-            done += 1
-            if done == steps:
-                break
-    print(f"loss after {steps} steps: {float(metrics['loss']):.3f}")
+    trainer = Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False)
+    model = TinyCTCModel(cfg, trainer=trainer)        # builds the data loader from train_ds, as NeMo does
+    trainer.fit(model)                                # training_step's loss; backward and updates by the loop
+    print(f"loss after {steps} steps: {trainer.logged_metrics['train_loss']:.3f}")
     model.save_to(out)
     restored = ModelPT.restore_from(out)              # a TinyCTCModel again, from its `target`
     first = restored.transcribe(train_manifest, verbose=False)[0]   # a manifest path: all its files

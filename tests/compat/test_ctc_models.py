@@ -14,6 +14,7 @@ import soundfile as sf
 import torch
 
 from compat.artifacts import ArtifactPathType
+from compat import Trainer
 from compat.collections.asr.models import EncDecCTCModel, EncDecCTCModelBPE
 from compat.collections.asr.parts.utils.rnnt_utils import Hypothesis
 from nemofn.asr.tokenizers.builder import train_sentencepiece
@@ -173,25 +174,27 @@ def test_change_vocabulary_keeps_the_encoder(clips):
     cfg = tiny_cfg(train_ds={"manifest_filepath": clips["manifest"], "batch_size": 2, "labels": LABELS},
                    optim={"name": "sgd", "lr": 0.1})
     model = EncDecCTCModel(cfg)
-    model.setup_optimization()
     before = model.state_dict()
     new_labels = [" ", "a", "b", "c", "d", "e", "f", "'"]
     model.change_vocabulary(new_labels)
-    after = model.state_dict()
+    after = {k: v.clone() for k, v in model.state_dict().items()}
     assert after["decoder.decoder_layers.0.weight"].shape[0] == len(new_labels) + 1
     assert all(torch.equal(after[k], v) for k, v in before.items() if not k.startswith("decoder."))
     assert list(model.cfg.decoder.vocabulary) == new_labels and model.cfg.decoder.num_classes == len(new_labels)
     assert list(model.cfg.train_ds.labels) == new_labels
-    assert model.train_state is None  # the parameters changed: optimization must be set up again
-    with pytest.raises(RuntimeError, match="setup_optimization"):
-        model.training_step(next(iter(model.train_dataloader())))
-    model.setup_optimization()
+    assert dict(model.named_parameters())["decoder.decoder_layers.0.weight"] is \
+        model.fn_state.params["decoder"]["decoder_layers"]["0"]["weight"]  # the new decoder's tensors are registered
     model.setup_training_data(model.cfg.train_ds)
-    assert model.training_step(next(iter(model.train_dataloader())))["loss"].isfinite()
+    trainer = Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(model)
+    assert trainer.global_step == 1 and not torch.equal(model.state_dict()["decoder.decoder_layers.0.weight"],
+                                                        after["decoder.decoder_layers.0.weight"])
     hyp = model.transcribe(clips["paths"][:1], return_hypotheses=True, verbose=False)[0]
     assert hyp.y_sequence.shape[-1] == len(new_labels) + 1
+    trained = model.state_dict()["decoder.decoder_layers.0.weight"].clone()
     model.change_vocabulary(new_labels)  # same vocabulary: nothing changes
-    assert torch.equal(model.state_dict()["decoder.decoder_layers.0.weight"], after["decoder.decoder_layers.0.weight"])
+    assert torch.equal(model.state_dict()["decoder.decoder_layers.0.weight"], trained)
     with pytest.raises(ValueError, match="non-empty"):
         model.change_vocabulary([])
 

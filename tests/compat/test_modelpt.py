@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from compat import Trainer
 from compat.collections.asr.models import ASRModel, EncDecCTCModel
 from compat.core.classes import ModelPT
 from compat.core.classes.modelpt import StateDictMismatchError
@@ -27,58 +29,10 @@ from nemofn.nn.linear import Linear
 from nemofn.optim.schedules import Constant, CosineAnnealing
 from nemofn.train.step import StepConfig, train_step
 
-LABELS = [" ", "a", "b", "c", "d", "e"]
-TEXTS = ["abc", "bad", "cab de", "dead", "bee", "ace"]
-
-
-def write_corpus(folder: Path, name: str = "train", n: int = 6) -> str:
-    """``n`` short tone + noise clips and a manifest with char-label texts; returns the manifest path."""
-    rng = np.random.default_rng(len(name))
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for i in range(n):
-        samples = int(16000 * (0.3 + 0.05 * i))
-        t = np.arange(samples) / 16000
-        audio = 0.3 * np.sin(2 * np.pi * (200 + 40 * i) * t) + 0.01 * rng.standard_normal(samples)
-        path = folder / f"{name}_{i}.wav"
-        sf.write(path, audio.astype(np.float32), 16000)
-        lines.append(json.dumps({"audio_filepath": str(path), "duration": samples / 16000, "text": TEXTS[i % 6]}))
-    manifest = folder / f"{name}_manifest.json"
-    manifest.write_text("\n".join(lines) + "\n")
-    return str(manifest)
-
-
-def tiny_cfg(train: str | None = None, val=None, test: str | None = None, **extra) -> dict:
-    def ds(path, shuffle=None):
-        out = {"manifest_filepath": path, "sample_rate": 16000, "batch_size": 2, "labels": LABELS}
-        if shuffle is not None:
-            out["shuffle"] = shuffle
-        return out
-
-    cfg = {
-        "sample_rate": 16000,
-        "labels": LABELS,
-        "train_ds": ds(train),
-        "validation_ds": ds(val, False),
-        "test_ds": ds(test, False),
-        "preprocessor": {"_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
-                         "sample_rate": 16000, "features": 16, "n_fft": 512, "window_size": 0.02,
-                         "window_stride": 0.01, "normalize": "per_feature", "dither": 1e-5},
-        "spec_augment": {"_target_": "nemo.collections.asr.modules.SpectrogramAugmentation", "freq_masks": 1,
-                         "time_masks": 1, "freq_width": 4, "time_width": 0.05},
-        "encoder": {"_target_": "nemo.collections.asr.modules.ConvASREncoder", "feat_in": 16, "activation": "relu",
-                    "conv_mask": True, "jasper": [
-                        {"filters": 24, "repeat": 1, "kernel": [11], "stride": [2], "dilation": [1], "dropout": 0.0,
-                         "residual": False, "separable": True},
-                        {"filters": 24, "repeat": 1, "kernel": [1], "stride": [1], "dilation": [1], "dropout": 0.0,
-                         "residual": False}]},
-        "decoder": {"_target_": "nemo.collections.asr.modules.ConvASRDecoder", "feat_in": None, "num_classes": -1,
-                    "vocabulary": LABELS},
-        "optim": {"name": "adamw", "lr": 0.01, "sched": {"name": "CosineAnnealing", "warmup_steps": 2,
-                                                          "min_lr": 1e-5}},
-    }
-    cfg.update(extra)
-    return cfg
+_SPEC = importlib.util.spec_from_file_location("tiny_asr", Path(__file__).with_name("tiny_asr.py"))
+_tiny = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(_tiny)
+LABELS, TEXTS, write_corpus, tiny_cfg = _tiny.LABELS, _tiny.TEXTS, _tiny.write_corpus, _tiny.tiny_cfg
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +118,7 @@ def test_setup_optimization_without_trainer_uses_sched_max_steps():
     assert optimizer.name == "adamw" and isinstance(schedule, CosineAnnealing)
     assert schedule(0) < schedule(2) == pytest.approx(0.01) and schedule(99) < 1e-3
     assert model.cfg.optim.sched.max_steps == 100
-    assert model.train_state is not None and model.train_state.model is model.fn_state
+    assert model.configure_optimizers()[1].hparams["max_steps"] == 100  # what compat.Trainer.fit calls
 
 
 def test_setup_optimization_without_max_steps_is_a_clear_error():
@@ -189,7 +143,6 @@ def test_setup_optimization_with_a_duck_typed_trainer(corpus):
     _, schedule = model.setup_optimization()
     # NeMo's compute_max_steps: ceil(ceil(6 / 1) / batch 2) = 3 batches, ceil(3 / 2) = 2 steps per epoch, x 3
     assert schedule.hparams["max_steps"] == math.ceil(3 / 2) * 3
-    assert model.step_config.clip_grad_norm == 0.5
     model.set_trainer(types.SimpleNamespace(max_steps=40, accumulate_grad_batches=1, num_devices=1, num_nodes=1))
     assert model.setup_optimization()[1].hparams["max_steps"] == 40
     with pytest.raises(ValueError, match="accumulate_grad_batches"):
@@ -201,18 +154,20 @@ def test_setup_optimization_with_a_duck_typed_trainer(corpus):
 
 
 def test_training_validation_and_test_steps(corpus):
+    """Lightning's contract: training_step computes the loss with the model's own tensors and updates nothing (the
+    trainer does the backward pass and the update); validation / test steps record NeMo's metrics."""
     torch.manual_seed(0)
     model = EncDecCTCModel(tiny_cfg(corpus["train"], corpus["val"], corpus["val"]))
     batch = next(iter(model.train_dataloader()))
-    with pytest.raises(RuntimeError, match="setup_optimization"):
-        model.training_step(batch)
     before = model.state_dict()["encoder.encoder.0.mconv.0.conv.weight"].clone()
-    model.setup_optimization({"name": "adamw", "lr": 0.01})
     out = model.training_step(batch, 0)
-    assert set(out) == {"loss", "log"} and out["loss"].ndim == 0
-    assert {"train_loss", "learning_rate", "global_step", "grad_norm"} <= set(out["log"])
-    assert model.global_step == 1 and out["log"]["global_step"].item() == 1.0
-    assert not torch.equal(before, model.state_dict()["encoder.encoder.0.mconv.0.conv.weight"])
+    assert set(out) == {"loss", "log"} and out["loss"].ndim == 0 and out["loss"].requires_grad
+    assert {"train_loss", "learning_rate", "global_step", "training_batch_wer"} <= set(out["log"])
+    assert torch.equal(before, model.state_dict()["encoder.encoder.0.mconv.0.conv.weight"])
+    out["loss"].backward()
+    weight = model.encoder.get_parameter("encoder.0.mconv.0.conv.weight")
+    assert weight is model.fn_state.params["encoder"]["encoder"]["0"]["mconv"]["0"]["conv"]["weight"]
+    assert weight.grad is not None and weight.grad.abs().sum() > 0  # gradients reach the functional state
 
     model.eval()
     for i, val_batch in enumerate(model.val_dataloader()):
@@ -221,6 +176,7 @@ def test_training_validation_and_test_steps(corpus):
     assert metrics["val_wer"] == pytest.approx(metrics["val_wer_num"].item() / metrics["val_wer_denom"].item())
     logs = model.on_validation_epoch_end()
     assert set(logs) == {"val_loss", "val_wer"} and model.validation_step_outputs == []
+    assert set(model.pop_logged()) == {"val_loss", "val_wer"}  # on_validation_epoch_end log_dicts its values
     assert set(model.test_step(val_batch)) == {"test_loss", "test_wer_num", "test_wer_denom", "test_wer"}
 
 
@@ -400,9 +356,12 @@ def test_a_non_asr_model_gets_the_whole_api(tmp_path):
            "optim": {"name": "sgd", "lr": 0.1}}
     model = RegressorModel(cfg)
     assert model.cfg.target == "tests.collections.RegressorModel" and model.cfg.train_ds.shuffle is True
-    model.setup_optimization()
-    losses = [float(model.training_step(batch)["loss"]) for _ in range(5) for batch in model.train_dataloader()]
-    assert losses[-1] < losses[0]
+    first = float(model.validation_step(next(iter(model.train_dataloader())))["val_loss"])
+    trainer = Trainer(max_epochs=5, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(model)
+    assert trainer.global_step == 20 and model.train_state.step == 20
+    assert float(model.validation_step(next(iter(model.train_dataloader())))["val_loss"]) < 0.5 * first
     x = torch.randn(4, 3)
     model.save_to(str(tmp_path / "reg.nemo"))
     restored = ModelPT.restore_from(str(tmp_path / "reg.nemo"))

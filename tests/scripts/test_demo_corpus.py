@@ -1,4 +1,5 @@
-"""The eSpeak NG demo corpus: manifests, disjoint voices, durations, determinism and reuse."""
+"""The eSpeak NG demo corpus (``scripts/data/demo_corpus.py``): manifests, disjoint voices, durations, determinism
+and reuse."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import sys
 import pytest
 import soundfile as sf
 
+from pathlib import Path
+
 from nemofn.asr.data.manifest import load_manifests
 
-pytest.importorskip("espeakng_loader", reason="the demo corpus needs eSpeak NG: pip install espeakng-loader")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "data"))
 
-from nemofn.asr.data.demo_corpus import VOCABULARY, CorpusSpec, ESpeakProgram, make_demo_corpus, open_espeak, \
-    plan_corpus, render  # noqa: E402
+from demo_corpus import VOCABULARY, CorpusSpec, ESpeakProgram, make_demo_corpus, open_espeak, plan_corpus, \
+    render  # noqa: E402
 
 SPEC = CorpusSpec(num_train=6, num_val=3, num_test=3, seed=11)
 LABELS = set(string.ascii_lowercase + " '")

@@ -1,19 +1,23 @@
-"""``ModelPT``: NeMo's model base class, holding a functional model and its explicit state (no LightningModule).
+"""``ModelPT``: NeMo's model base class, an ``nn.Module`` over a functional model and its explicit state.
 
-A ``ModelPT`` is a thin, mutable shell around three things:
+A ``ModelPT`` holds three things:
 
 * ``cfg``: the model-level config (NeMo's ``target`` / ``_target_`` class paths, ``nemo_version`` injected);
 * ``fn_model``: the functional *model unit* built from it by :meth:`build_functional` (for ASR a
   :class:`nemofn.asr.models.ctc_model.CTCModel`): ``init_state(rng) -> ModelState``, an ``objective`` (or
   ``network.objective``) and optionally ``dataloader(ds_cfg)``;
-* ``fn_state``: its :class:`~nemofn.core.state.ModelState` (params and buffers, NeMo's state-dict keys).
+* ``fn_state``: its :class:`~nemofn.core.state.ModelState` (params and buffers, NeMo's state-dict keys), whose
+  tensors this ``nn.Module`` registers as its own (no copies): ``model.parameters()``, ``model.state_dict()``,
+  ``model.encoder`` and ``model.to(device)`` all act on them.
 
-Everything else is NeMo's API on top: ``restore_from`` / ``save_to`` (``.nemo`` via ``SaveRestoreConnector``),
-``from_config_dict``, ``register_artifact``, ``from_pretrained`` (local files only); weights, devices and modes
-(:mod:`compat.models.modelpt_weights`), data setup (:mod:`compat.models.modelpt_data`), optimization and the step
-methods (:mod:`compat.models.modelpt_optim`) and partial initialisation (:mod:`compat.models.modelpt_init`).
+NeMo's concerns each live in one file: the ``nn.Module`` face, submodules and freezing
+(:mod:`compat.models.modelpt_module`), data setup (:mod:`compat.models.modelpt_data`), optimization
+(:mod:`compat.models.modelpt_optim`), the LightningModule hooks ``compat.Trainer`` calls
+(:mod:`compat.models.modelpt_steps`) and partial initialisation (:mod:`compat.models.modelpt_init`). This file has
+construction, configs, the trainer link, ``.nemo`` save / restore and artifacts.
 
-The way out, from a ``.nemo`` straight into a custom loop::
+Training goes through ``compat.Trainer`` (``trainer.fit(model)``), as in NeMo. The way out, from a ``.nemo`` straight
+into a custom loop::
 
     model = EncDecCTCModel.restore_from("qn.nemo")
     fn, state = model.functional                      # CTCModel, ModelState (same tensors as the model's)
@@ -30,27 +34,33 @@ Your own model: subclass, name its NeMo-style target, and build the unit::
         def build_functional(self, cfg):
             return MyUnit.from_config(cfg)             # init_state, objective, dataloader
 
-``save_to``, ``restore_from``, ``setup_optimization``, ``training_step`` and the data setup then work unchanged.
+``save_to``, ``restore_from``, ``setup_optimization``, ``trainer.fit`` and the data setup then work unchanged.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import attrs
+import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
 
 from compat.archive import DEFAULT_NEMO_VERSION, maybe_update_config_version
 from compat.artifacts import current_restore_archive
 from compat.core.connectors.save_restore_connector import SaveRestoreConnector
 from compat.errors import NemoFileNotFoundError, UnknownTargetError
+from nemofn.core.rng import RngKey
 from compat.models.modelpt_data import DataSetupMixin
 from compat.models.modelpt_init import InitFromCheckpointMixin
+from compat.models.modelpt_module import IncompatibleKeys, ModelSummary, ModuleFace, StateDictMismatchError
 from compat.models.modelpt_optim import OptimizationMixin
-from compat.models.modelpt_weights import IncompatibleKeys, ModelSummary, StateDictMismatchError, WeightsMixin
+from compat.models.modelpt_steps import LightningSteps
 from compat.registry import (
     build_module,
     builder_path,
@@ -64,7 +74,9 @@ __all__ = ["ModelPT", "StateDictMismatchError", "ModelSummary", "IncompatibleKey
 
 log = logging.getLogger("compat.models")
 
-_RESTORE_STATE = {"being_restored": False, "folder": None}
+#: True while ``restore_from`` builds a model (the constructor then skips NeMo's automatic data setup). A context
+#: variable, so that restores in other threads or nested calls never see each other's flag.
+_BEING_RESTORED: contextvars.ContextVar[bool] = contextvars.ContextVar("compat_model_being_restored", default=False)
 
 
 def _as_model_config(cfg: Any) -> DictConfig:
@@ -110,18 +122,19 @@ def _registered_to(target: str, cls: type) -> bool:
                                                                and qualname == cls.__qualname__)
 
 
-class ModelPT(WeightsMixin, DataSetupMixin, OptimizationMixin, InitFromCheckpointMixin):
-    """NeMo's ``ModelPT`` over a functional model unit and its :class:`~nemofn.core.state.ModelState`.
+class ModelPT(ModuleFace, DataSetupMixin, OptimizationMixin, LightningSteps, InitFromCheckpointMixin, nn.Module):
+    """NeMo's ``ModelPT``: an ``nn.Module`` over a functional model unit and its :class:`ModelState`.
 
-    Subclasses implement :meth:`build_functional` (and may override :meth:`objective_fn`,
-    :meth:`eval_objective_fn`, :meth:`_setup_dataloader_from_config`). Declare the NeMo class path written into
-    ``cfg.target`` with ``class MyModel(ModelPT, nemo_target="nemo.collections....MyModel")``, which registers the
-    class for ``restore_from``. Do not override ``__init__``; build everything in :meth:`build_functional`.
+    Subclasses implement :meth:`build_functional` and may override :meth:`submodule_specs` (NeMo's submodules),
+    the steps (``training_step``, ``validation_step``, ...) and :meth:`_setup_dataloader_from_config`. Declare the
+    NeMo class path written into ``cfg.target`` with ``class MyModel(ModelPT, nemo_target="nemo.collections....")``,
+    which registers the class for ``restore_from``. Do not override ``__init__``; build everything in
+    :meth:`build_functional`.
 
     Args:
         cfg: the model-level config (``DictConfig``, dict or dataclass).
-        trainer: optional trainer-like object (duck-typed; see :meth:`setup_optimization`). Not a Lightning
-            requirement: any object with the attributes used works.
+        trainer: optional trainer (``compat.Trainer``, or any object with the attributes
+            :meth:`setup_optimization` reads).
     """
 
     _save_restore_connector: SaveRestoreConnector = SaveRestoreConnector()
@@ -135,6 +148,7 @@ class ModelPT(WeightsMixin, DataSetupMixin, OptimizationMixin, InitFromCheckpoin
             register_model_target(nemo_target, cls, aliases=nemo_aliases)
 
     def __init__(self, cfg: Any, trainer: Any = None) -> None:
+        nn.Module.__init__(self)
         self._setup_model(cfg, trainer)
 
     def _setup_model(self, cfg: Any, trainer: Any, *, state: Any = None, unit: Any = None) -> None:
@@ -148,18 +162,17 @@ class ModelPT(WeightsMixin, DataSetupMixin, OptimizationMixin, InitFromCheckpoin
         self.artifacts: dict[str, Any] = {}
         self.restoration_path: str | None = None
         self._save_restore_connector = SaveRestoreConnector()
-        self.training = True
         self._train_dl = self._validation_dl = self._test_dl = None
         self._validation_names = self._test_names = None
         self._val_dl_idx = self._test_dl_idx = 0
-        self._optimizer = self._scheduler = self._train_state = self._step_config = None
+        self._optimizer = self._scheduler = None
         self.validation_step_outputs: list = []
         self.test_step_outputs: list = []
         self._trainer = None
         self.set_trainer(trainer)
         built = self.build_functional(self._cfg)
         self._fn_model = unit if unit is not None else built
-        self._fn_state = state if state is not None else self._fn_model.init_state(self._draw_seed())
+        self._bind_state(state if state is not None else self._fn_model.init_state(self._draw_seed()))
         if not self._is_model_being_restored():
             self._auto_setup_data()
 
@@ -192,20 +205,15 @@ class ModelPT(WeightsMixin, DataSetupMixin, OptimizationMixin, InitFromCheckpoin
         return self._fn_model, self._fn_state
 
     def _replace_functional(self, unit: Any, state: Any = None) -> None:
-        """Swaps in a rebuilt unit (and, for vocabulary changes, a new state).
+        """Swaps in a rebuilt unit, and for vocabulary changes a new state (its tensors are registered anew).
 
-        With a new state the optimizer is dropped (set it up again); with the same state the step config is
-        rebuilt around the new unit's objective and training continues.
+        With the same state (a new decoding temperature, say) the submodules keep their tensors and modes.
         """
-        state = self._fn_state if state is None else state
-        if state is not self._fn_state and self._train_state is not None:
-            if not self._train_state.consumed:
-                self._train_state.consume("a model rebuild")
-            self._train_state = self._step_config = self._optimizer = self._scheduler = None
-            log.warning("the model's parameters changed: call setup_optimization() again before training")
-        self._fn_model, self._fn_state = unit, state
-        if self._step_config is not None:
-            self._step_config = attrs.evolve(self._step_config, objective=self.objective_fn())
+        self._fn_model = unit
+        if state is None or state is self._fn_state:
+            self._refresh_specs()
+        else:
+            self._bind_state(state)
 
     @classmethod
     def from_functional(cls, model: Any, state: Any, *, cfg: Any = None, trainer: Any = None) -> ModelPT:
@@ -217,28 +225,26 @@ class ModelPT(WeightsMixin, DataSetupMixin, OptimizationMixin, InitFromCheckpoin
             cfg: the model config; artifacts (tokenizer files) are registered from it as the constructor does.
         """
         obj = cls.__new__(cls)
+        nn.Module.__init__(obj)
         obj._setup_model(cfg if cfg is not None else model.cfg, trainer, state=state, unit=model)
         return obj
 
     def forward(self, *inputs: Any, **kwargs: Any) -> Any:
         """Runs the unit's network (``fn_model.network`` or the unit itself) on ``inputs`` in the model's mode.
 
-        Training mode passes an RNG key and writes new buffers (BatchNorm statistics) back into the state.
+        Training mode writes new buffers (BatchNorm statistics) back into the state. The ASR models override this
+        with NeMo's forward, composed of their submodules.
         """
-        from nemofn.core.rng import RngKey
         from nemofn.core.tree import tree_copy_
 
         network = getattr(self._fn_model, "network", self._fn_model)
         state = self._fn_state
-        rng = RngKey(self._draw_seed()) if self.training else None
-        outputs, new_buffers = network.apply(state.params, state.buffers, *inputs, train=self.training, rng=rng,
-                                             **kwargs)
+        outputs, new_buffers = network.apply(state.params, state.buffers, *inputs, train=self.training,
+                                             rng=RngKey(0) if self.training else None, **kwargs)
         if self.training and state.buffers:
-            tree_copy_(state.buffers, new_buffers)
+            with torch.no_grad():
+                tree_copy_(state.buffers, new_buffers)
         return outputs
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.forward(*args, **kwargs)
 
     # -- config -------------------------------------------------------------------------------------------------
 
@@ -308,16 +314,30 @@ class ModelPT(WeightsMixin, DataSetupMixin, OptimizationMixin, InitFromCheckpoin
     def global_rank(self) -> int:
         return int(getattr(self._trainer, "global_rank", 0) or 0)
 
+    @staticmethod
+    def _draw_seed() -> int:
+        """A seed from torch's global generator, so ``torch.manual_seed`` / ``seed_everything`` govern new weights."""
+        return int(torch.randint(0, 2**31 - 1, (1,)).item())
+
     # -- restore / save -----------------------------------------------------------------------------------------
 
     @staticmethod
     def _is_model_being_restored() -> bool:
-        return bool(_RESTORE_STATE["being_restored"]) or current_restore_archive() is not None
+        return _BEING_RESTORED.get() or current_restore_archive() is not None
 
     @staticmethod
     def _set_model_restore_state(is_being_restored: bool, folder: str | None = None) -> None:
-        _RESTORE_STATE["being_restored"] = is_being_restored
-        _RESTORE_STATE["folder"] = folder
+        """NeMo's switch, kept for connectors that call it; prefer the :meth:`_being_restored` block."""
+        _BEING_RESTORED.set(bool(is_being_restored))
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _being_restored() -> Iterator[None]:
+        token = _BEING_RESTORED.set(True)
+        try:
+            yield
+        finally:
+            _BEING_RESTORED.reset(token)
 
     @classmethod
     def update_save_restore_connector(cls, save_restore_connector: SaveRestoreConnector) -> None:
@@ -347,11 +367,9 @@ class ModelPT(WeightsMixin, DataSetupMixin, OptimizationMixin, InitFromCheckpoin
             if not os.path.exists(path):
                 raise NemoFileNotFoundError(path)
         cls.update_save_restore_connector(connector)
-        try:
+        with cls._being_restored():
             instance = connector.restore_from(cls, path, override_config_path, map_location, strict, return_config,
                                               trainer, validate_access_integrity)
-        finally:
-            cls._set_model_restore_state(False)
         if isinstance(instance, ModelPT):
             instance._save_restore_connector = connector
             instance.restoration_path = path
@@ -418,8 +436,3 @@ class ModelPT(WeightsMixin, DataSetupMixin, OptimizationMixin, InitFromCheckpoin
 
     def has_nemo_submodules(self) -> bool:
         return False
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}(target={self._cfg.get('target')!r}, params={self._fn_state.num_params():,}, "
-                f"training={self.training}, device={self.device})")
-

@@ -1,7 +1,7 @@
-"""ASR data: NeMo manifests, audio reading, the audio-to-text dataset, batching, and the demo corpus.
+"""ASR data: NeMo manifests, audio reading, the audio-to-text dataset and batching.
 
-Names are imported lazily, so that ``nemofn.asr.data.demo_corpus`` and ``nemofn.asr.data.manifest`` load without
-torch (the corpus synthesiser's worker processes stay small).
+Names are imported lazily, so that ``nemofn.asr.data.manifest`` loads without torch (the demo corpus synthesiser's
+worker processes, ``scripts/data/demo_corpus.py``, stay small).
 """
 
 from __future__ import annotations

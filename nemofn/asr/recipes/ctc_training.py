@@ -1,9 +1,17 @@
-"""Train a CTC model from a NeMo-layout experiment config (``model:`` + ``trainer:``) with the Fabric loop.
+"""Train a CTC model from a NeMo ``model:`` config on the functional loop, without compat (no Trainer, no .nemo).
 
-This is the functional path that ``scripts/asr/demo.py`` and the NeMo-style scripts sit on::
+The functional path for people who write their own loops or want no Lightning-shaped layer::
 
-    model, result = train_ctc(cfg.model, cfg.trainer, log_dir="runs/demo")
-    state = result.state.model                      # ModelState with NeMo keys
+    cfg = OmegaConf.load("configs/asr/quartznet_demo_char.yaml")       # then fill the *_ds manifests
+    model, result = train_ctc(cfg.model, FitConfig(max_steps=1000, val_check_interval=250,
+                                                  check_val_every_n_epoch=None), clip_grad_norm=1.0)
+    state = result.state.model                                          # ModelState with NeMo keys
+
+The data come from ``train_ds`` / ``validation_ds`` (NeMo's dataset configs, duration-sorted batches with
+``use_semi_sorted_batching``), the optimizer and schedule from ``optim`` (``max_steps`` from the fit config, or
+NeMo's ``compute_max_steps`` from ``max_epochs``). Validation logs ``val_loss`` and ``val_wer`` (greedy, corpus WER
+from summed counts, over all ranks) from one forward pass per batch. NeMo's scripts and ``trainer:`` blocks go
+through ``compat.Trainer`` instead (``scripts/asr/speech_to_text_ctc.py``).
 """
 
 from __future__ import annotations
@@ -11,137 +19,90 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
 import torch
 
+from nemofn.asr.ctc import ctc_loss
+from nemofn.asr.metrics import error_counts
 from nemofn.asr.models.ctc_model import CTCModel
-from nemofn.train.loop import FitConfig, FitResult, fit
-from nemofn.train.step import StepConfig
+from nemofn.train.data import limited_batches
+from nemofn.train.logging import to_floats
+from nemofn.train.loop import FitConfig, FitContext, FitResult, fit
+from nemofn.train.step_config import StepConfig
 
-__all__ = ["fit_config_from_trainer", "train_ctc", "ValidationWER", "TRAINER_KEYS_IGNORED"]
-
-#: Lightning ``trainer:`` keys that have no effect here (exp_manager owns logging/checkpoints in NeMo configs).
-TRAINER_KEYS_IGNORED = frozenset({
-    "enable_checkpointing", "logger", "benchmark", "num_sanity_val_steps", "enable_progress_bar",
-    "enable_model_summary", "deterministic", "sync_batchnorm", "callbacks", "use_distributed_sampler",
-})
-_TRAINER_KEYS = frozenset({
-    "devices", "num_nodes", "accelerator", "strategy", "precision", "max_epochs", "max_steps",
-    "accumulate_grad_batches", "gradient_clip_val", "log_every_n_steps", "val_check_interval",
-    "check_val_every_n_epoch",
-}) | TRAINER_KEYS_IGNORED
+__all__ = ["train_ctc", "CTCValidation"]
 
 
-def fit_config_from_trainer(trainer: Mapping[str, Any], **options: Any) -> tuple[FitConfig, float | None]:
-    """Maps a Lightning-style ``trainer:`` block to a :class:`FitConfig` (plus the clip value).
+@attrs.frozen(eq=False)
+class CTCValidation:
+    """``FitConfig.validate`` for a CTC model: ``val_loss`` (mean over batches) and ``val_wer`` (summed word errors
+    over summed reference words; characters with ``use_cer``) from one eval-mode forward per batch."""
 
-    ``val_check_interval`` as an int means every N steps and as a float ``1.0`` every epoch, as in Lightning;
-    ``max_steps: -1`` means "no step limit". Unknown keys raise, naming the key.
-    """
-    unknown = sorted(set(trainer) - _TRAINER_KEYS)
-    if unknown:
-        raise ValueError(f"trainer config has unsupported key(s) {unknown}; supported: {sorted(_TRAINER_KEYS)}")
-    if trainer.get("sync_batchnorm"):
-        raise ValueError("trainer.sync_batchnorm=true is not supported by nemofn's functional BatchNorm; remove it "
-                         "(under DDP the running statistics are broadcast from rank 0)")
-    max_steps = trainer.get("max_steps", -1)
-    max_steps = None if max_steps is None or max_steps < 0 else int(max_steps)
-    max_epochs = trainer.get("max_epochs")
-    max_epochs = None if max_epochs is None or max_epochs < 0 else int(max_epochs)
-    interval = trainer.get("val_check_interval", 1.0)
-    val_steps = int(interval) if isinstance(interval, int) and interval > 0 else None
-    if isinstance(interval, float) and interval != 1.0:
-        raise ValueError(f"trainer.val_check_interval={interval}: only 1.0 (every epoch) or an int number of steps "
-                         "is supported")
-    val_epochs = None if val_steps else int(trainer.get("check_val_every_n_epoch", 1) or 1)
-    precision = str(trainer.get("precision", "32-true"))
-    precision = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}.get(precision, precision)
-    strategy = trainer.get("strategy", "auto")
-    kwargs = dict(
-        max_steps=max_steps, max_epochs=max_epochs,
-        accumulate_grad_batches=int(trainer.get("accumulate_grad_batches", 1) or 1),
-        val_every_n_steps=val_steps, val_every_n_epochs=val_epochs,
-        log_every_n_steps=int(trainer.get("log_every_n_steps", 50) or 50),
-        accelerator=str(trainer.get("accelerator", "auto")), devices=trainer.get("devices", 1),
-        num_nodes=int(trainer.get("num_nodes", 1)), strategy=strategy if strategy != "ddp" or
-        trainer.get("devices", 1) != 1 else "auto", precision=precision,
-    )
-    kwargs.update(options)
-    clip = trainer.get("gradient_clip_val")
-    return FitConfig(**kwargs), (float(clip) if clip else None)
+    model: CTCModel
+    use_cer: bool = False
+
+    @torch.no_grad()
+    def __call__(self, ctx: FitContext, loaders: list[Any], limit: int | float | None) -> dict[str, float]:
+        unit, state = self.model, ctx.state.model
+        network = unit.inference_network()
+        loss_sum, batches, errors, words = 0.0, 0, 0, 0
+        for loader in loaders:
+            total = limited_batches(len(loader), limit, "limit_val_batches")
+            for i, (signal, signal_len, tokens, tokens_len) in enumerate(loader):
+                if i >= total:
+                    break
+                (log_probs, lengths), _ = network.apply(state.params, state.buffers, signal, signal_len, train=False)
+                loss_sum += float(ctc_loss(log_probs, tokens, lengths, tokens_len, blank=network.blank_id,
+                                           reduction=network.ctc_reduction, zero_infinity=True))
+                batches += 1
+                references = [unit.tokenizer.decode(t[: int(n)].tolist()) for t, n in zip(tokens.cpu(),
+                                                                                       tokens_len.cpu())]
+                e, w = error_counts(unit.decode(log_probs, lengths), references, use_cer=self.use_cer)
+                errors, words = errors + e, words + w
+        sums = {"loss": torch.tensor(loss_sum), "batches": torch.tensor(float(batches)),
+                "errors": torch.tensor(float(errors)), "words": torch.tensor(float(words))}
+        if ctx.fabric.world_size > 1:
+            sums = ctx.fabric.all_reduce({k: v.to(ctx.fabric.device) for k, v in sums.items()}, reduce_op="sum")
+        sums = to_floats(sums)
+        return {"val_loss": sums["loss"] / max(sums["batches"], 1.0),
+                "val_wer": sums["errors"] / max(sums["words"], 1.0)}
 
 
-class ValidationWER:
-    """``FitConfig.val_metrics`` for a CTC model: ``{"wer": corpus WER of greedy transcripts}`` on a dataset
-    (logged as ``val_wer``, the metric NeMo's CTC models log and ``exp_manager`` configs monitor)."""
-
-    def __init__(self, model: CTCModel, dataset: Any, batch_size: int = 32) -> None:
-        self.model, self.dataset, self.batch_size = model, dataset, batch_size
-
-    def __call__(self, state: Any) -> dict[str, float]:
-        loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False,
-                                             collate_fn=self.dataset.collate_fn)
-        wer, _, _ = self.model.evaluate_wer(state, loader)
-        return {"wer": wer}
-
-
-def train_ctc(model_cfg: Mapping[str, Any], trainer_cfg: Mapping[str, Any], *, model: CTCModel | None = None,
-              state: Any = None, compile: bool = False, **fit_options: Any) -> tuple[CTCModel, FitResult]:
-    """Builds the model, its data and optimization from the config, and trains it with :func:`nemofn.train.fit`.
+def train_ctc(model_cfg: Mapping[str, Any], config: FitConfig | None = None, *, model: CTCModel | None = None,
+              state: Any = None, clip_grad_norm: float | None = None, compile: bool = False,
+              **fit_options: Any) -> tuple[CTCModel, FitResult]:
+    """Builds the model, its data and optimization from ``model_cfg`` and trains it with :func:`nemofn.train.fit`.
 
     Args:
         model_cfg: the ``model:`` block (``train_ds`` needed; ``validation_ds`` used when it has a manifest).
-        trainer_cfg: the ``trainer:`` block (see :func:`fit_config_from_trainer`).
+        config: the :class:`FitConfig` (or give its fields as keyword ``fit_options``); its ``batch_size`` and
+            data options come from ``train_ds``.
         model, state: start from an existing model / :class:`~nemofn.core.state.ModelState` (fine-tuning).
+        clip_grad_norm: gradient clipping (NeMo's ``trainer.gradient_clip_val``).
         compile: ``torch.compile`` the objective.
-        fit_options: extra :class:`FitConfig` fields (``log_dir``, ``checkpoint_dir``, ``resume_from``, ``seed``...).
     """
+    if config is not None and fit_options:
+        raise TypeError(f"pass either config= or keyword options, not both (got options {sorted(fit_options)})")
+    config = config if config is not None else FitConfig(**fit_options)
     model = model if model is not None else CTCModel.from_config(model_cfg)
-    fit_cfg, clip = fit_config_from_trainer(trainer_cfg, **fit_options)
     train_cfg = model.dataset_config(model_cfg["train_ds"])
-    train_loader = model.dataloader(train_cfg, shuffle_seed=fit_cfg.seed)
-    dataset = train_loader.dataset
-    val_data = None
+    train_loader = model.dataloader(train_cfg, shuffle_seed=config.seed)
     val_cfg = model_cfg.get("validation_ds")
+    val_loader = None
     if val_cfg is not None and val_cfg.get("manifest_filepath"):
-        val_data = model.dataloader(model.dataset_config(val_cfg)).dataset
-    val_batch_size = int((val_cfg or {}).get("batch_size", 32))
-    if fit_cfg.max_steps is not None:
-        max_steps = fit_cfg.max_steps
+        val_loader = model.dataloader(model.dataset_config(val_cfg))
+    if config.max_steps is not None:
+        max_steps = config.max_steps
     else:
         from nemofn.optim.config import compute_max_steps
 
-        max_steps = compute_max_steps(fit_cfg.max_epochs, fit_cfg.accumulate_grad_batches, 1.0,
-                                      1, len(dataset), int(train_cfg.get("batch_size", 32)),
-                                      bool(train_cfg.get("drop_last", False)))
+        max_steps = compute_max_steps(config.max_epochs, config.accumulate_grad_batches,
+                                      config.limit_train_batches, 1, len(train_loader.dataset),
+                                      train_loader.batch_sampler.batch_size, train_loader.batch_sampler.drop_last)
     optimizer, schedule, _ = model.optimization(max_steps=max_steps)
     step = StepConfig(objective=model.network.objective, optimizer=optimizer, schedule=schedule,
-                      clip_grad_norm=clip, compile=compile)
-    fit_cfg = fit_cfg.__class__(**{**_fields(fit_cfg), "batch_size": int(train_cfg.get("batch_size", 32)),
-                                   "shuffle": bool(train_cfg.get("shuffle", True)),
-                                   "num_workers": int(train_cfg.get("num_workers", 0) or 0),
-                                   "collate_fn": dataset.collate_fn,
-                                   "batch_sampler": _batch_sampler(train_cfg, dataset),
-                                   "val_batch_size": val_batch_size,
-                                   "val_metrics": ValidationWER(model, val_data, val_batch_size) if val_data is not None else None})
-    start = state if state is not None else model.init_state(fit_cfg.seed)
-    return model, fit(start, step, dataset, val_data, config=fit_cfg)
-
-
-def _batch_sampler(train_cfg: Mapping[str, Any], dataset: Any) -> Any:
-    """NeMo's ``use_semi_sorted_batching`` as a resumable factory for :func:`fit` (``None``: shuffled batches)."""
-    if not train_cfg.get("use_semi_sorted_batching", False):
-        return None
-    from functools import partial
-
-    from nemofn.asr.data.batching import SemiSortedBatchSampler
-
-    factor = train_cfg.get("randomization_factor")
-    return partial(SemiSortedBatchSampler, dataset.durations, int(train_cfg.get("batch_size", 32)),
-                   shuffle=bool(train_cfg.get("shuffle", True)), drop_last=bool(train_cfg.get("drop_last", False)),
-                   randomization_factor=0.1 if factor is None else float(factor))
-
-
-def _fields(cfg: FitConfig) -> dict[str, Any]:
-    import attrs
-
-    return attrs.asdict(cfg, recurse=False)
+                      clip_grad_norm=clip_grad_norm, compile=compile)
+    config = attrs.evolve(config, validate=config.validate or CTCValidation(
+        model, bool(model_cfg.get("use_cer", False))))
+    start = state if state is not None else model.init_state(config.seed)
+    return model, fit(start, step, train_loader, val_loader, config=config)

@@ -1,23 +1,25 @@
-"""End to end on the functional path: a tiny eSpeak corpus, a tiny QuartzNet, a few Fabric steps, transcribe."""
+"""End to end on the functional path: a tiny corpus, a tiny QuartzNet, a few Fabric steps, transcribe."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from nemofn.asr.recipes.ctc_training import fit_config_from_trainer, train_ctc
+from nemofn.asr.recipes.ctc_training import train_ctc
+from nemofn.train.loop import FitConfig
 
 ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT / "scripts" / "data"))
+
+from demo_corpus import CorpusSpec, make_demo_corpus  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny_corpus(tmp_path_factory):
-    pytest.importorskip("espeakng_loader", reason="the demo corpus needs `pip install espeakng-loader`")
-    from nemofn.asr.data.demo_corpus import CorpusSpec, make_demo_corpus
-
     out = tmp_path_factory.mktemp("corpus")
     return make_demo_corpus(out, CorpusSpec(num_train=8, num_val=4, num_test=4, seed=3), progress=None)
 
@@ -42,16 +44,14 @@ def tiny_config(manifests):
     cfg.model.optim.betas = [0.8, 0.5]
     cfg.model.optim.lr = 0.05
     cfg.model.optim.sched.warmup_steps = 2
-    cfg.trainer.max_steps = 24
-    cfg.trainer.log_every_n_steps = 2
-    cfg.trainer.val_check_interval = 12
     return cfg
 
 
 def test_tiny_model_trains_and_transcribes(tiny_corpus, tmp_path):
     cfg = tiny_config(tiny_corpus)
-    model, result = train_ctc(cfg.model, cfg.trainer, log_dir=str(tmp_path / "logs"), progress_bar=False,
-                              loggers=("csv",))
+    fit_cfg = FitConfig(max_steps=24, log_every_n_steps=2, val_check_interval=12, check_val_every_n_epoch=None,
+                        log_dir=str(tmp_path / "logs"), progress_bar=False, loggers=("csv",), accelerator="cpu")
+    model, result = train_ctc(cfg.model, fit_cfg, clip_grad_norm=1.0)
     losses = [row["loss"] for row in result.history if "loss" in row]
     assert result.state.step == 24
     assert len(losses) == 12
@@ -64,17 +64,3 @@ def test_tiny_model_trains_and_transcribes(tiny_corpus, tmp_path):
     files = [str(manifest.parent / json.loads(line)["audio_filepath"]) for line in manifest.read_text().splitlines()]
     texts = model.transcribe(result.state.model, files, batch_size=3)
     assert len(texts) == 4 and all(isinstance(t, str) for t in texts)
-
-
-def test_trainer_block_maps_to_fit_config():
-    fit_cfg, clip = fit_config_from_trainer({"max_steps": -1, "max_epochs": 3, "val_check_interval": 50,
-                                             "gradient_clip_val": 1.5, "precision": 32, "devices": 1,
-                                             "accelerator": "cpu", "logger": False})
-    assert fit_cfg.max_steps is None and fit_cfg.max_epochs == 3
-    assert fit_cfg.val_every_n_steps == 50 and fit_cfg.val_every_n_epochs is None
-    assert fit_cfg.precision == "32-true" and clip == 1.5
-
-
-def test_unknown_trainer_key_is_named():
-    with pytest.raises(ValueError, match="max_stepz"):
-        fit_config_from_trainer({"max_stepz": 10})

@@ -1,0 +1,43 @@
+"""Train a subword (BPE) CTC model (Citrinet, Conformer, FastConformer) from a NeMo config: NeMo's script, ported.
+
+    python scripts/asr/speech_to_text_ctc_bpe.py \
+        model.train_ds.manifest_filepath=train.json model.validation_ds.manifest_filepath=val.json \
+        model.tokenizer.dir=tokenizer_spe_bpe_v128 \
+        trainer.devices=1 trainer.accelerator=cpu trainer.max_epochs=50
+    python scripts/asr/speech_to_text_ctc_bpe.py --config-name=fast-conformer_ctc_bpe ...   # any config in configs/asr
+    python scripts/asr/speech_to_text_ctc_bpe.py ... +trainer.fast_dev_run=true        # one batch of each, no files
+
+Hydra's command line works as in NeMo (``~model.optim.args``, ``+model.optim.args.betas=[0.8,0.5]``, ``-m``);
+the working directory is not changed. Logs and checkpoints go where ``exp_manager`` says (``nemo_experiments/``).
+"""
+
+from omegaconf import OmegaConf
+
+import compat.lightning as pl
+from compat.collections.asr.models import EncDecCTCModelBPE
+from compat.core.config import hydra_runner
+from compat.utils import logging
+from compat.utils.exp_manager import exp_manager
+from compat.utils.trainer_utils import resolve_trainer_cfg
+
+
+@hydra_runner(config_path="../../configs/asr", config_name="conformer_ctc_bpe")
+def main(cfg):
+    logging.info(f"Hydra config: {OmegaConf.to_yaml(cfg)}")
+
+    trainer = pl.Trainer(**resolve_trainer_cfg(cfg.trainer))
+    exp_manager(trainer, cfg.get("exp_manager", None))
+    asr_model = EncDecCTCModelBPE(cfg=cfg.model, trainer=trainer)
+
+    # Initialize the weights of the model from another model, if provided via config
+    asr_model.maybe_init_from_pretrained_checkpoint(cfg)
+
+    trainer.fit(asr_model)
+
+    if hasattr(cfg.model, "test_ds") and cfg.model.test_ds.manifest_filepath is not None:
+        if asr_model.prepare_test(trainer):
+            trainer.test(asr_model)
+
+
+if __name__ == "__main__":
+    main()
