@@ -420,10 +420,14 @@ def _instantiate(callback: Any) -> Any:
 def _make_loggers(logger: Any, root: str) -> list[Any]:
     if logger is None or logger is False:
         return []
-    if logger is True:
+    if logger is True:  # Lightning's default: TensorBoard when it is installed, else CSV
+        import importlib.util
+
         from nemofn.train.logging import make_loggers
 
-        return make_loggers(("tensorboard",), Path(root), "lightning_logs")
+        kind = "tensorboard" if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX") \
+            else "csv"
+        return make_loggers((kind,), Path(root), "lightning_logs")
     return list(logger) if isinstance(logger, Sequence) else [logger]
 
 

@@ -21,14 +21,12 @@ _SPEC = importlib.util.spec_from_file_location("tiny_asr", Path(__file__).with_n
 helpers = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(helpers)
 
-QUIET = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-             enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1)
+QUIET = helpers.QUIET
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("expm")
-    return {"train": helpers.write_corpus(root, "train", 6), "val": helpers.write_corpus(root, "val", 4)}
+    return helpers.small_corpus(tmp_path_factory.mktemp("expm"))
 
 
 @pytest.fixture(autouse=True)

@@ -22,15 +22,11 @@ _SPEC.loader.exec_module(helpers)
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("face")
-    return {"train": helpers.write_corpus(root, "train", 6), "val": helpers.write_corpus(root, "val", 4)}
+    return helpers.small_corpus(tmp_path_factory.mktemp("face"))
 
 
 def _trainer(**kw):
-    opts = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1)
-    opts.update(kw)
-    return Trainer(**opts)
+    return Trainer(**{**helpers.QUIET, **kw})
 
 
 def test_parameters_and_buffers_are_the_functional_states_tensors():

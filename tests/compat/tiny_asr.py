@@ -65,3 +65,13 @@ def tiny_cfg(train: str | None = None, val=None, test: str | None = None, **extr
     }
     cfg.update(extra)
     return cfg
+
+
+#: compat.Trainer options for quick, quiet test runs on the CPU.
+QUIET = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+             enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1)
+
+
+def small_corpus(root: Path) -> dict[str, str]:
+    """A 6-clip training and a 4-clip validation manifest under ``root``."""
+    return {"train": write_corpus(root, "train", 6), "val": write_corpus(root, "val", 4)}
