@@ -16,13 +16,15 @@ Steps, each a command a NeMo user would run by hand (they are printed as they ru
 5. ``scripts/asr/transcribe_speech.py``: the test split, from that ``.nemo``; prints the WER.
 
 Everything lands under ``--work-dir`` (default ``./demo_run``); the trained model is copied to
-``<work-dir>/model.nemo``.
+``<work-dir>/model.nemo``. The run is reproducible: training is seeded with Lightning's ``PL_GLOBAL_SEED``
+(``--seed``, default 0), as ``seed_everything`` would.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -83,6 +85,7 @@ def main() -> None:
     parser.add_argument("--num-eval", type=int, default=CorpusSpec().num_test,
                         help="utterances in each of validation and test")
     parser.add_argument("--vocab-size", type=int, default=128, help="BPE pieces when the config needs a tokenizer")
+    parser.add_argument("--seed", type=int, default=0, help="the training seed (PL_GLOBAL_SEED)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the training config (key=value, +key=value)")
     args = parser.parse_args()
 
@@ -105,6 +108,7 @@ def main() -> None:
     if exp_dir.exists():
         shutil.rmtree(exp_dir)  # a fresh experiment each time (the corpus and tokenizer are reused)
     script = "speech_to_text_ctc_bpe.py" if bpe else "speech_to_text_ctc.py"
+    os.environ["PL_GLOBAL_SEED"] = str(args.seed)  # Lightning's seed_everything, for the training script
     start = time.perf_counter()
     run([python, str(ROOT / "scripts/asr" / script), f"--config-name={args.config_name}", *data,
          f"exp_manager.exp_dir={exp_dir}", *args.overrides])
