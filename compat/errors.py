@@ -1,6 +1,7 @@
 """Named errors of the compat layer: `.nemo` archives, artifacts, class-path targets and config overrides.
 
-Every error derives from :class:`NemoArchiveError`, and also from the builtin exception a NeMo user would catch
+Every error derives from :class:`NemoArchiveError` (except the registry's :class:`UnknownTargetError` and
+:class:`TargetImportError`, re-exported from :mod:`nemofn.core.registry`), and also from the builtin exception a NeMo user would catch
 for the same failure (``FileNotFoundError``, ``ValueError``, ``LookupError``, ``TypeError``, ``ImportError``), so
 ``except FileNotFoundError`` keeps working on code ported from NeMo. Messages name the file, member or config key
 and say how to fix the problem.
@@ -9,6 +10,8 @@ and say how to fix the problem.
 from __future__ import annotations
 
 from collections.abc import Iterable
+
+from nemofn.core.registry import TargetImportError, UnknownTargetError  # the registry's own errors
 
 __all__ = [
     "NemoArchiveError",
@@ -136,29 +139,6 @@ class UnsafeTargetError(NemoArchiveError, ValueError):
         )
         self.key = key
         self.value = value
-
-
-class UnknownTargetError(NemoArchiveError, LookupError):
-    """A NeMo class path has no nemofn/compat builder registered."""
-
-    def __init__(self, target: object, supported: Iterable[str], hint: str = "") -> None:
-        super().__init__(
-            f"no nemofn builder is registered for {target!r}. Supported targets: {_listing(supported, limit=60)}. "
-            + (hint or "Register your own with compat.registry.register_target(...) or register_model_target(...).")
-        )
-        self.target = target
-
-
-class TargetImportError(NemoArchiveError, ImportError):
-    """A registered builder path could not be imported."""
-
-    def __init__(self, target: str, builder: str, cause: BaseException) -> None:
-        super().__init__(
-            f"{target!r} maps to {builder!r}, which could not be imported ({type(cause).__name__}: {cause}). "
-            f"Check that the module exists and defines that name, or re-register the target."
-        )
-        self.target = target
-        self.builder = builder
 
 
 class BadOverrideError(NemoArchiveError, ValueError):

@@ -10,6 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from compat import registry
+from nemofn.core import registry as core_registry
 from compat.errors import TargetImportError, UnknownTargetError, UnsafeTargetError
 
 MODULES = "nemo.collections.asr.modules"
@@ -37,7 +38,8 @@ EXPECTED_MODULES = {
 @pytest.fixture
 def clean_registry():
     """Restores the registry's tables after a test that registers its own targets."""
-    tables = [registry._CANONICAL, registry._BUILDER, registry._KIND, registry._REVERSE, registry._RESOLVED]
+    tables = [core_registry._CANONICAL, core_registry._BUILDER, core_registry._KIND, core_registry._REVERSE,
+              core_registry._RESOLVED]
     saved = [dict(t) for t in tables]
     yield registry
     for table, copy in zip(tables, saved):
@@ -94,7 +96,7 @@ def test_registered_modules_resolve_to_classes_with_from_config() -> None:
 def test_import_is_cheap() -> None:
     code = (
         "import sys, compat.registry, compat.archive, compat.artifacts, compat.errors\n"
-        "heavy = [m for m in ('torch', 'nemofn', 'lightning', 'lightning_fabric') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'nemofn.nn', 'nemofn.asr.modules.registry', 'lightning', 'lightning_fabric') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
@@ -102,9 +104,9 @@ def test_import_is_cheap() -> None:
 
 def test_unknown_target_lists_the_supported_ones() -> None:
     with pytest.raises(UnknownTargetError) as info:
-        registry.resolve_target("nemo.collections.asr.modules.RNNTDecoder")
+        registry.resolve_target("nemo.collections.asr.modules.StatelessTransducerDecoder")
     message = str(info.value)
-    assert "'nemo.collections.asr.modules.RNNTDecoder'" in message
+    assert "'nemo.collections.asr.modules.StatelessTransducerDecoder'" in message
     assert f"{MODULES}.ConvASREncoder" in message and f"{MODELS}.ctc_models.EncDecCTCModel" in message
     assert isinstance(info.value, LookupError)
     with pytest.raises(UnknownTargetError):

@@ -1,38 +1,39 @@
 """Which nemofn module a NeMo ``_target_`` builds.
 
 Configs keep NeMo's real class paths (``nemo.collections.asr.modules.ConvASREncoder``) so that the files we write
-load in NeMo. nemofn resolves them by class name here, lazily, so importing this file imports no model code.
-``compat.registry`` adds the full-path checks and model-level targets on top.
+load in NeMo. They resolve exactly, through the one registry of targets (:mod:`nemofn.core.registry`, filled by
+:mod:`nemofn.asr.modules.targets`; ``compat.registry`` adds NeMo's model classes to it), lazily, so importing
+this file imports no model code.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from typing import Any
 
+from nemofn.asr.modules.targets import MODULE_BUILDERS, NEMO_ASR_MODULES
+from nemofn.core.registry import UnknownTargetError, resolve_target, supported_targets
 from nemofn.core.schema import ConfigError
 from nemofn.nn.module import Module
 
 __all__ = ["MODULES", "module_class", "build_module"]
 
 #: NeMo class name -> "nemofn.module.path:ClassName".
-MODULES: dict[str, str] = {
-    "AudioToMelSpectrogramPreprocessor": "nemofn.asr.modules.preprocessor:AudioToMelSpectrogramPreprocessor",
-    "SpectrogramAugmentation": "nemofn.asr.modules.spec_augment:SpectrogramAugmentation",
-    "ConvASREncoder": "nemofn.asr.modules.conv_asr:ConvASREncoder",
-    "ConformerEncoder": "nemofn.asr.modules.conformer:ConformerEncoder",
-    "ConvASRDecoder": "nemofn.asr.modules.decoder:ConvASRDecoder",
-}
+MODULES: dict[str, str] = {name: builder for name, (_, builder) in MODULE_BUILDERS.items()}
 
 
 def module_class(target: str) -> type[Module]:
-    """``"nemo.collections.asr.modules.ConvASREncoder"`` (or just ``"ConvASREncoder"``) -> the nemofn class."""
-    name = target.rsplit(".", 1)[-1]
-    if name not in MODULES:
-        raise ValueError(f"_target_ {target!r} is not a module nemofn implements; supported: {sorted(MODULES)}")
-    module_path, cls_name = MODULES[name].split(":")
-    return getattr(importlib.import_module(module_path), cls_name)
+    """A NeMo module path (``nemo.collections.asr.modules.ConvASREncoder``, or the file form
+    ``...modules.conv_asr.ConvASREncoder``, or just ``ConvASREncoder``) -> the nemofn class, from the one registry
+    (:mod:`nemofn.core.registry`; modules registered there by ``compat.registry.register_target`` build too)."""
+    name = str(target)
+    if "." not in name:
+        name = f"{NEMO_ASR_MODULES}.{name}"
+    try:
+        return resolve_target(name, kind="module")
+    except UnknownTargetError:
+        raise ValueError(f"_target_ {target!r} is not a module nemofn implements; supported: "
+                         f"{supported_targets('module')}") from None
 
 
 def build_module(cfg: Mapping[str, Any], *, where: str) -> Module:
@@ -52,4 +53,5 @@ def build_module(cfg: Mapping[str, Any], *, where: str) -> Module:
 
 def _example(where: str) -> str:
     return {"preprocessor": "AudioToMelSpectrogramPreprocessor", "spec_augment": "SpectrogramAugmentation",
-            "encoder": "ConvASREncoder", "decoder": "ConvASRDecoder"}.get(where.rsplit(".", 1)[-1], "ConvASREncoder")
+            "encoder": "ConvASREncoder", "decoder": "ConvASRDecoder", "joint": "RNNTJoint",
+            }.get(where.rsplit(".", 1)[-1], "ConvASREncoder")
