@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import torch
 
 from compat.core.classes.modelpt import ModelPT
+from nemofn.nn.module import Module
 
 __all__ = ["ASRModel"]
 
@@ -33,19 +35,54 @@ def _sum_over_ranks(value: torch.Tensor) -> torch.Tensor:
 
 
 class ASRModel(ModelPT):
-    """Base class of the ASR models: validation metrics with NeMo's WER keys."""
+    """Base class of the ASR models: the encoder half of NeMo's forward, SpecAugment swapping, and validation
+    metrics with NeMo's WER keys."""
+
+    def _encoder_forward(self, input_signal: torch.Tensor | None, input_signal_length: torch.Tensor | None,
+                         processed_signal: torch.Tensor | None, processed_signal_length: torch.Tensor | None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Preprocessor (unless features are given), SpecAugment (training mode only) and encoder:
+        ``(encoded [B, D, T'], encoded_len [B])``."""
+        has_signal = input_signal is not None and input_signal_length is not None
+        has_processed = processed_signal is not None and processed_signal_length is not None
+        if has_signal == has_processed:
+            raise ValueError(f"{type(self).__name__}.forward: give input_signal and input_signal_length, or "
+                             "processed_signal and processed_signal_length (exactly one pair)")
+        if not has_processed:
+            processed_signal, processed_signal_length = self.preprocessor(input_signal=input_signal,
+                                                                          length=input_signal_length)
+        spec = self.spec_augmentation
+        if spec is not None and self.training:
+            processed_signal = spec(input_spec=processed_signal, length=processed_signal_length)
+        return self.encoder(audio_signal=processed_signal, length=processed_signal_length)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "spec_augmentation" and (value is None or isinstance(value, Module)):
+            unit = self.fn_model  # NeMo's fine-tuning script swaps SpecAugment this way
+            self._replace_functional(attrs.evolve(unit, network=attrs.evolve(unit.network, spec_augment=value)))
+            self._bind_state(self.fn_state)
+            return
+        super().__setattr__(name, value)
 
     def _epoch_end_metrics(self, outputs: list[dict], prefix: str) -> dict[str, Any]:
+        """Mean ``<prefix>_loss`` (and any other ``<prefix>_*_loss``) over batches; every WER from summed counts
+        (``<prefix>_wer`` from ``_wer_num`` / ``_wer_denom``, hybrids' ``<prefix>_wer_ctc`` likewise)."""
         if not outputs:
             return {}
-        loss = torch.stack([torch.as_tensor(o[f"{prefix}_loss"], dtype=torch.float32) for o in outputs]).mean()
-        logs: dict[str, Any] = {f"{prefix}_loss": loss}
-        if f"{prefix}_wer_num" in outputs[0]:
-            device = loss.device
-            num = sum(torch.as_tensor(o[f"{prefix}_wer_num"], device=device) for o in outputs)
-            denom = sum(torch.as_tensor(o[f"{prefix}_wer_denom"], device=device) for o in outputs)
-            logs[f"{prefix}_wer"] = _wer(_sum_over_ranks(num), _sum_over_ranks(denom))
-        return {f"{prefix}_loss": loss, "log": logs}
+        logs: dict[str, Any] = {}
+        for key in outputs[0]:
+            if key.startswith(f"{prefix}_") and key.endswith("_loss"):
+                logs[key] = torch.stack([torch.as_tensor(o[key], dtype=torch.float32) for o in outputs]).mean()
+            if key.startswith(f"{prefix}_wer_num"):
+                suffix = key[len(f"{prefix}_wer_num"):]
+                first = torch.as_tensor(outputs[0][key])
+                num = sum(torch.as_tensor(o[key], device=first.device) for o in outputs)
+                denom = sum(torch.as_tensor(o[f"{prefix}_wer_denom{suffix}"], device=first.device) for o in outputs)
+                logs[f"{prefix}_wer{suffix}"] = _wer(_sum_over_ranks(num), _sum_over_ranks(denom))
+        out: dict[str, Any] = {"log": logs}
+        if f"{prefix}_loss" in logs:
+            out[f"{prefix}_loss"] = logs[f"{prefix}_loss"]
+        return out
 
     def multi_validation_epoch_end(self, outputs: list[dict], dataloader_idx: int = 0) -> dict[str, Any]:
         """NeMo's ASR aggregation: mean ``val_loss``; ``val_wer`` = summed errors / summed reference words."""

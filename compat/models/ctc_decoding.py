@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from nemofn.asr.configs.decoding import CTC_DECODING_DEFAULTS, CTC_STRATEGIES, default_decoding, merge_decoding
 
 __all__ = ["CTC_DECODING_DEFAULTS", "GREEDY_STRATEGIES", "default_decoding_config", "merge_decoding_config",
-           "check_decoding_supported"]
+           "check_decoding_supported", "ctc_hypotheses"]
 
 GREEDY_STRATEGIES = ("greedy", "greedy_batch")
 KNOWN_STRATEGIES = CTC_STRATEGIES
@@ -68,3 +68,31 @@ def check_decoding_supported(cfg: Any) -> None:
     temperature = cfg.get("temperature", 1.0)
     if temperature is None or not temperature > 0:
         raise ValueError(f"decoding.temperature must be > 0, got {temperature!r}")
+
+
+def ctc_hypotheses(log_probs: Any, lengths: Any, *, blank: int, text_decoder: Any,
+                   return_hypotheses: bool) -> list:
+    """NeMo's greedy CTC ``Hypothesis`` objects of a batch.
+
+    Args:
+        log_probs: ``[B, T, V+1]``; lengths: ``[B]``.
+        text_decoder: has ``ids_to_text(ids)``.
+        return_hypotheses: ``y_sequence`` (and ``alignments``) hold each utterance's ``[T, V+1]`` log-probs;
+            otherwise ``y_sequence`` holds its per-frame arg-max labels ``[T]``.
+    """
+    from compat.collections.asr.parts.utils.rnnt_utils import Hypothesis
+    from nemofn.asr.decoding import ctc_greedy_decode, greedy_scores
+
+    labels = log_probs.argmax(dim=-1)
+    scores = greedy_scores(log_probs, lengths, blank).cpu().tolist()
+    ids = ctc_greedy_decode(labels, lengths, blank_id=blank)
+    log_probs, labels, lengths = log_probs.cpu(), labels.cpu(), lengths.cpu().tolist()
+    out = []
+    for i, n in enumerate(lengths):
+        hyp = Hypothesis(score=scores[i], y_sequence=labels[i, :n].clone(), text=text_decoder.ids_to_text(ids[i]),
+                         length=int(n))
+        if return_hypotheses:
+            hyp.y_sequence = log_probs[i, :n].clone()
+            hyp.alignments = hyp.y_sequence
+        out.append(hyp)
+    return out

@@ -26,10 +26,15 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from compat.collections.asr.parts.utils.rnnt_utils import Hypothesis
 from compat.models.asr_model import ASRModel
 from compat.models.modelpt_module import SubModuleSpec
-from compat.models.ctc_decoding import check_decoding_supported, default_decoding_config, merge_decoding_config
-from compat.models.transcribe import collect_sources, count_batches, iterate_batches
+from compat.models.ctc_decoding import (
+    check_decoding_supported,
+    ctc_hypotheses,
+    default_decoding_config,
+    merge_decoding_config,
+)
+from compat.models.timestamps import ctc_timestamp_dicts
+from compat.models.transcribe import transcribe_batches, transcribe_request
 from nemofn.asr.ctc import CTCLoss
-from nemofn.asr.decoding import ctc_greedy_decode, greedy_scores
 from nemofn.asr.metrics import error_counts
 from nemofn.asr.models.ctc_model import CTCModel
 from nemofn.asr.tokenizers import CharTokenizer
@@ -87,14 +92,6 @@ class EncDecCTCModel(ASRModel, nemo_target="nemo.collections.asr.models.ctc_mode
                 SubModuleSpec("encoder", net.encoder, ("audio_signal", "length")),
                 SubModuleSpec("decoder", net.decoder, ("encoder_output",))]
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "spec_augmentation" and (value is None or isinstance(value, Module)):
-            unit = self.fn_model  # NeMo's fine-tuning script swaps SpecAugment this way
-            self._replace_functional(attrs.evolve(unit, network=attrs.evolve(unit.network, spec_augment=value)))
-            self._bind_state(self.fn_state)
-            return
-        super().__setattr__(name, value)
-
     @property
     def tokenizer(self) -> Any:
         return self.fn_model.tokenizer
@@ -111,18 +108,8 @@ class EncDecCTCModel(ASRModel, nemo_target="nemo.collections.asr.models.ctc_mode
 
         Give either the waveform pair or the processed features pair. SpecAugment runs only in training mode.
         """
-        has_signal = input_signal is not None and input_signal_length is not None
-        has_processed = processed_signal is not None and processed_signal_length is not None
-        if has_signal == has_processed:
-            raise ValueError(f"{type(self).__name__}.forward: give input_signal and input_signal_length, or "
-                             "processed_signal and processed_signal_length (exactly one pair)")
-        if not has_processed:
-            processed_signal, processed_signal_length = self.preprocessor(input_signal=input_signal,
-                                                                          length=input_signal_length)
-        spec = self.spec_augmentation
-        if spec is not None and self.training:
-            processed_signal = spec(input_spec=processed_signal, length=processed_signal_length)
-        encoded, encoded_len = self.encoder(audio_signal=processed_signal, length=processed_signal_length)
+        encoded, encoded_len = self._encoder_forward(input_signal, input_signal_length, processed_signal,
+                                                     processed_signal_length)
         log_probs = self.decoder(encoder_output=encoded)
         return log_probs, encoded_len, log_probs.argmax(dim=-1)
 
@@ -169,21 +156,9 @@ class EncDecCTCModel(ASRModel, nemo_target="nemo.collections.asr.models.ctc_mode
     # -- transcription ------------------------------------------------------------------------------------------
 
     def _hypotheses(self, log_probs: torch.Tensor, lengths: torch.Tensor, return_hypotheses: bool) -> list[Hypothesis]:
-        blank = self.fn_model.network.blank_id
-        labels = log_probs.argmax(dim=-1)
-        scores = greedy_scores(log_probs, lengths, blank).cpu().tolist()
-        ids = ctc_greedy_decode(labels, lengths, blank_id=blank)
-        decoder = self.fn_model.text_decoder
-        log_probs, labels, lengths = log_probs.cpu(), labels.cpu(), lengths.cpu().tolist()
-        out = []
-        for i, n in enumerate(lengths):
-            hyp = Hypothesis(score=scores[i], y_sequence=labels[i, :n].clone(), text=decoder.ids_to_text(ids[i]),
-                             length=int(n))
-            if return_hypotheses:
-                hyp.y_sequence = log_probs[i, :n].clone()
-                hyp.alignments = hyp.y_sequence
-            out.append(hyp)
-        return out
+        unit = self.fn_model
+        return ctc_hypotheses(log_probs, lengths, blank=unit.network.blank_id, text_decoder=unit.text_decoder,
+                              return_hypotheses=return_hypotheses)
 
     @torch.inference_mode()
     def transcribe(self, audio: Any, batch_size: int = 4, return_hypotheses: bool = False, num_workers: int = 0,
@@ -201,43 +176,22 @@ class EncDecCTCModel(ASRModel, nemo_target="nemo.collections.asr.models.ctc_mode
             num_workers: accepted for NeMo compatibility (audio is read in this process).
             channel_selector: for multi-channel files (see ``nemofn.asr.data.audio.select_channels``).
             verbose: show a progress bar.
+            timestamps: also fill each ``Hypothesis.timestamp`` with NeMo's dict (``timestep``, ``char``, ``word``,
+                ``segment``; frame offsets and seconds, see :mod:`nemofn.asr.timestamps`); implies
+                ``return_hypotheses=True``, as in NeMo. The separators and timestamp type come from
+                ``cfg.decoding`` (``word_seperator``, ``segment_seperators``, ``segment_gap_threshold``,
+                ``ctc_timestamp_type``).
             override_config: an object with NeMo ``TranscribeConfig`` attributes; it replaces the arguments.
             config_kwargs: ``pad_min_duration`` (s) and ``pad_direction`` for array inputs.
         """
-        if override_config is not None:
-            batch_size = getattr(override_config, "batch_size", batch_size)
-            return_hypotheses = getattr(override_config, "return_hypotheses", return_hypotheses)
-            channel_selector = getattr(override_config, "channel_selector", channel_selector)
-            augmentor = getattr(override_config, "augmentor", augmentor)
-            verbose = getattr(override_config, "verbose", verbose)
-            timestamps = getattr(override_config, "timestamps", timestamps)
-            for key in ("pad_min_duration", "pad_direction"):
-                if hasattr(override_config, key):
-                    config_kwargs.setdefault(key, getattr(override_config, key))
-        unknown = sorted(set(config_kwargs) - {"pad_min_duration", "pad_direction", "use_lhotse"})
-        if unknown:
-            raise TypeError(f"transcribe: unknown argument(s) {unknown}")
-        if augmentor is not None:
-            raise NotImplementedError("transcribe(augmentor=...) is not implemented in compat: audio perturbation "
-                                      "at inference is not supported")
-        if timestamps:
-            raise NotImplementedError("transcribe(timestamps=True) is not implemented in compat (no CTC timestamp "
-                                      "computation); use return_hypotheses=True and the per-frame log-probs")
+        request = transcribe_request(batch_size=batch_size, return_hypotheses=return_hypotheses,
+                                     channel_selector=channel_selector, augmentor=augmentor, verbose=verbose,
+                                     timestamps=timestamps, override_config=override_config,
+                                     config_kwargs=config_kwargs)
         check_decoding_supported(self._cfg.get("decoding") or {})
-        if batch_size < 1:
-            raise ValueError(f"transcribe: batch_size must be >= 1, got {batch_size}")
-        from torch.utils.data import DataLoader
-
         unit = self.fn_model
-        sources = None if isinstance(audio, DataLoader) else collect_sources(
-            audio, sample_rate=unit.sample_rate, pad_min_duration=float(config_kwargs.get("pad_min_duration", 1.0)),
-            pad_direction=str(config_kwargs.get("pad_direction", "both")))
-        batches = iterate_batches(audio, sources, batch_size=batch_size, sample_rate=unit.sample_rate,
-                                  channel_selector=channel_selector)
-        if verbose:
-            from tqdm import tqdm
-
-            batches = tqdm(batches, desc="Transcribing", total=count_batches(audio, sources, batch_size))
+        batches = transcribe_batches(audio, request, sample_rate=unit.sample_rate)
+        full = request.return_hypotheses or request.timestamps  # NeMo: timestamps come with full hypotheses
         was_training = self.training
         self.eval()
         try:
@@ -245,7 +199,12 @@ class EncDecCTCModel(ASRModel, nemo_target="nemo.collections.asr.models.ctc_mode
             device = self.device
             for signal, signal_len in batches:
                 log_probs, encoded_len = unit.log_probs(self.fn_state, signal.to(device), signal_len.to(device))
-                results.extend(self._hypotheses(log_probs, encoded_len, return_hypotheses))
+                hypotheses = self._hypotheses(log_probs, encoded_len, full)
+                if request.timestamps:
+                    dicts = ctc_timestamp_dicts(self, log_probs, encoded_len, self._cfg.get("decoding"))
+                    for hyp, stamp in zip(hypotheses, dicts):
+                        hyp.timestamp = stamp
+                results.extend(hypotheses)
             return results
         finally:
             self.train(was_training)

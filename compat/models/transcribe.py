@@ -25,8 +25,10 @@ import numpy as np
 import torch
 
 from nemofn.asr.data.audio import load_audio
+from nemofn.asr.models.asr_unit import pad_signals
 
-__all__ = ["AudioSource", "collect_sources", "pad_to_min_duration", "iterate_batches", "count_batches"]
+__all__ = ["AudioSource", "collect_sources", "pad_to_min_duration", "iterate_batches", "count_batches",
+           "TranscribeRequest", "transcribe_request", "transcribe_batches"]
 
 
 @attrs.frozen
@@ -101,14 +103,6 @@ def collect_sources(audio: Any, *, sample_rate: int, pad_min_duration: float = 1
                     f"mixed); got {kinds}")
 
 
-def _pad_batch(signals: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = torch.tensor([len(s) for s in signals], dtype=torch.int64)
-    batch = torch.zeros(len(signals), int(lengths.max()))
-    for i, s in enumerate(signals):
-        batch[i, : len(s)] = torch.from_numpy(np.ascontiguousarray(s, dtype=np.float32))
-    return batch, lengths
-
-
 def count_batches(audio: Any, sources: list[AudioSource] | None, batch_size: int) -> int | None:
     if sources is not None:
         return -(-len(sources) // batch_size)
@@ -129,4 +123,69 @@ def iterate_batches(audio: Any, sources: list[AudioSource] | None, *, batch_size
         return
     for start in range(0, len(sources), batch_size):
         chunk = sources[start:start + batch_size]
-        yield _pad_batch([s.load(sample_rate, channel_selector) for s in chunk])
+        yield pad_signals([s.load(sample_rate, channel_selector) for s in chunk])
+
+
+@attrs.frozen
+class TranscribeRequest:
+    """The settings of one ``transcribe()`` call, after NeMo's ``override_config`` is applied."""
+
+    batch_size: int = 4
+    return_hypotheses: bool = False
+    channel_selector: Any = None
+    verbose: bool = True
+    timestamps: bool = False
+    pad_min_duration: float = 1.0
+    pad_direction: str = "both"
+
+
+def transcribe_request(*, batch_size: int, return_hypotheses: bool, channel_selector: Any, augmentor: Any,
+                       verbose: bool, timestamps: bool | None, override_config: Any,
+                       config_kwargs: dict[str, Any]) -> TranscribeRequest:
+    """NeMo's ``transcribe`` arguments checked and merged: ``override_config`` (an object with ``TranscribeConfig``
+    attributes) replaces the arguments; ``config_kwargs`` may hold ``pad_min_duration``, ``pad_direction`` and
+    ``use_lhotse`` (accepted, ignored).
+
+    Raises:
+        TypeError: an unknown keyword; ValueError: ``batch_size < 1``; NotImplementedError: an ``augmentor``.
+    """
+    kwargs = dict(config_kwargs)
+    if override_config is not None:
+        batch_size = getattr(override_config, "batch_size", batch_size)
+        return_hypotheses = getattr(override_config, "return_hypotheses", return_hypotheses)
+        channel_selector = getattr(override_config, "channel_selector", channel_selector)
+        augmentor = getattr(override_config, "augmentor", augmentor)
+        verbose = getattr(override_config, "verbose", verbose)
+        timestamps = getattr(override_config, "timestamps", timestamps)
+        for key in ("pad_min_duration", "pad_direction"):
+            if hasattr(override_config, key):
+                kwargs.setdefault(key, getattr(override_config, key))
+    unknown = sorted(set(kwargs) - {"pad_min_duration", "pad_direction", "use_lhotse"})
+    if unknown:
+        raise TypeError(f"transcribe: unknown argument(s) {unknown}")
+    if augmentor is not None:
+        raise NotImplementedError("transcribe(augmentor=...) is not implemented in compat: audio perturbation "
+                                  "at inference is not supported")
+    if batch_size < 1:
+        raise ValueError(f"transcribe: batch_size must be >= 1, got {batch_size}")
+    return TranscribeRequest(batch_size=int(batch_size), return_hypotheses=bool(return_hypotheses),
+                             channel_selector=channel_selector, verbose=bool(verbose), timestamps=bool(timestamps),
+                             pad_min_duration=float(kwargs.get("pad_min_duration", 1.0)),
+                             pad_direction=str(kwargs.get("pad_direction", "both")))
+
+
+def transcribe_batches(audio: Any, request: TranscribeRequest, *, sample_rate: int
+                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The ``(signal [B, T], signal_len [B])`` batches of ``transcribe(audio)`` (a progress bar when verbose)."""
+    from torch.utils.data import DataLoader
+
+    sources = None if isinstance(audio, DataLoader) else collect_sources(
+        audio, sample_rate=sample_rate, pad_min_duration=request.pad_min_duration,
+        pad_direction=request.pad_direction)
+    batches = iterate_batches(audio, sources, batch_size=request.batch_size, sample_rate=sample_rate,
+                              channel_selector=request.channel_selector)
+    if request.verbose:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc="Transcribing", total=count_batches(audio, sources, request.batch_size))
+    return batches

@@ -4,6 +4,7 @@ the test split with ``transcribe_speech.py``, print the test WER.
     python scripts/asr/demo.py                                  # configs/asr/conformer_demo_bpe.yaml
     python scripts/asr/demo.py trainer.max_steps=300            # Hydra overrides of the training config
     python scripts/asr/demo.py --config-name quartznet_demo_char  # a char model (speech_to_text_ctc.py)
+    python scripts/asr/demo.py --config-name fastconformer_tdt_demo_bpe  # TDT (speech_to_text_rnnt_bpe.py)
 
 Steps, each a command a NeMo user would run by hand (they are printed as they run):
 
@@ -11,7 +12,8 @@ Steps, each a command a NeMo user would run by hand (they are printed as they ru
    misspelt key fails in seconds, naming the key and the closest known one;
 2. ``scripts/data/demo_corpus.py``: 6000 / 200 / 200 utterances spoken by eSpeak NG (disjoint voices);
 3. ``scripts/tokenizers/process_asr_text_tokenizer.py``: a SentencePiece BPE tokenizer of the training texts;
-4. ``scripts/asr/speech_to_text_ctc_bpe.py``: training, with exp_manager's folder under ``<work-dir>/exp`` and a
+4. ``scripts/asr/speech_to_text_ctc_bpe.py`` (``speech_to_text_rnnt_bpe.py`` for a transducer config, the hybrid
+   script for one with ``aux_ctc``): training, with exp_manager's folder under ``<work-dir>/exp`` and a
    ``.nemo`` at the end;
 5. ``scripts/asr/transcribe_speech.py``: the test split, from that ``.nemo``; prints the WER.
 
@@ -72,6 +74,17 @@ def compose(config_name: str, overrides: list[str]) -> object:
     return cfg
 
 
+def training_script(model_cfg: object) -> str:
+    """NeMo's training script for a ``model:`` block: CTC (char / BPE), transducer (RNNT / TDT) or hybrid."""
+    bpe = "tokenizer" in model_cfg
+    if "joint" in model_cfg:
+        if not bpe:
+            raise SystemExit("char transducer models have no training script here yet; use a BPE config "
+                             "(model.tokenizer)")
+        return "speech_to_text_hybrid_rnnt_ctc_bpe.py" if "aux_ctc" in model_cfg else "speech_to_text_rnnt_bpe.py"
+    return "speech_to_text_ctc_bpe.py" if bpe else "speech_to_text_ctc.py"
+
+
 def run(cmd: list[str]) -> None:
     print("+ " + " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
@@ -107,7 +120,7 @@ def main() -> None:
 
     if exp_dir.exists():
         shutil.rmtree(exp_dir)  # a fresh experiment each time (the corpus and tokenizer are reused)
-    script = "speech_to_text_ctc_bpe.py" if bpe else "speech_to_text_ctc.py"
+    script = training_script(cfg.model)
     os.environ["PL_GLOBAL_SEED"] = str(args.seed)  # Lightning's seed_everything, for the training script
     start = time.perf_counter()
     run([python, str(ROOT / "scripts/asr" / script), f"--config-name={args.config_name}", *data,

@@ -8,8 +8,10 @@ The output is NeMo's JSON lines: for a manifest, each of its lines plus ``pred_t
 ``append_pred``); for a folder, ``{"audio_filepath", "pred_text"}`` per file. When the manifest has reference texts
 (``gt_text_attr_name``, default ``text``), the WER (or CER with ``use_cer``) is printed. ``cuda``: a GPU index, or a
 negative value for the CPU (default: GPU 0 when there is one). ``compute_dtype: bfloat16`` runs the model under
-bf16 autocast. The options NeMo has for other model families (RNNT / multitask decoding, prompts, language ids) are
-accepted at their defaults and refused otherwise.
+bf16 autocast. CTC, transducer (RNNT / TDT) and hybrid models: ``ctc_decoding`` / ``rnnt_decoding`` change the
+decoding as in NeMo, and ``decoder_type=ctc`` decodes a hybrid's CTC head (``rnnt``, the default, its transducer).
+The options NeMo has for other model families (multitask decoding, prompts, language ids) are accepted at their
+defaults and refused otherwise.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any, Optional
 import torch
 from omegaconf import OmegaConf
 
-from compat.collections.asr.models import ASRModel
+from compat.collections.asr.models import ASRModel, EncDecHybridRNNTCTCModel, EncDecRNNTModel
 from compat.core.config import hydra_runner
 from compat.utils import logging
 from nemofn.asr.metrics import error_counts
@@ -80,15 +82,41 @@ class TranscriptionConfig:
 
 
 def _refuse_unsupported(cfg: Any) -> None:
-    for key in ("rnnt_decoding", "multitask_decoding", "prompt", "model_change"):
+    for key in ("multitask_decoding", "prompt", "model_change"):
         if cfg[key]:
-            raise NotImplementedError(f"{key} is for transducer / multitask models, which compat does not have yet")
+            raise NotImplementedError(f"{key} is for multitask models, which compat does not have yet")
     for key in ("compute_langs", "extract_nbest", "clean_groundtruth_text", "timestamps", "eval_config_yaml",
                 "att_context_size"):
         if cfg[key]:
             raise NotImplementedError(f"{key}={cfg[key]!r} is not implemented in compat's transcribe_speech")
-    if cfg.decoder_type not in (None, "ctc"):
-        raise NotImplementedError(f"decoder_type={cfg.decoder_type!r}: compat's models decode with CTC")
+    if cfg.decoder_type not in (None, "ctc", "rnnt"):
+        raise ValueError(f"decoder_type={cfg.decoder_type!r}; use ctc, rnnt or leave it null")
+
+
+def _plain(block: Any) -> Any:
+    return OmegaConf.to_container(block) if OmegaConf.is_config(block) else block
+
+
+def _apply_decoding(model: ASRModel, cfg: Any) -> None:
+    """NeMo's choice of decoding: hybrids take ``decoder_type`` (default ``rnnt``) with the matching block,
+    transducers ``rnnt_decoding``, CTC models ``ctc_decoding``."""
+    if isinstance(model, EncDecHybridRNNTCTCModel):
+        decoder_type = cfg.decoder_type or "rnnt"
+        block = cfg.ctc_decoding if decoder_type == "ctc" else cfg.rnnt_decoding
+        model.change_decoding_strategy(_plain(block) or None, decoder_type=decoder_type, verbose=False)
+        return
+    transducer = isinstance(model, EncDecRNNTModel)
+    if cfg.decoder_type is not None and cfg.decoder_type != ("rnnt" if transducer else "ctc"):
+        raise ValueError(f"decoder_type={cfg.decoder_type!r} but {type(model).__name__} has only a "
+                         f"{'transducer' if transducer else 'CTC'} decoder (decoder_type applies to hybrid models)")
+    block = cfg.rnnt_decoding if transducer else cfg.ctc_decoding
+    other = cfg.ctc_decoding if transducer else cfg.rnnt_decoding
+    if other:
+        raise ValueError(f"{'ctc' if transducer else 'rnnt'}_decoding is set but {type(model).__name__} is a "
+                         f"{'transducer' if transducer else 'CTC'} model; use {'rnnt' if transducer else 'ctc'}"
+                         "_decoding")
+    if block:
+        model.change_decoding_strategy(_plain(block), verbose=False)
 
 
 def _load_model(cfg: Any, device: torch.device) -> ASRModel:
@@ -158,9 +186,7 @@ def main(cfg: TranscriptionConfig) -> list[str]:
         logging.info(f"{out_path} exists and overwrite_transcripts is false: nothing to do")
         return []
     model = _load_model(cfg, device).eval()
-    if cfg.ctc_decoding:
-        model.change_decoding_strategy(OmegaConf.to_container(cfg.ctc_decoding) if not isinstance(
-            cfg.ctc_decoding, dict) else cfg.ctc_decoding)
+    _apply_decoding(model, cfg)
     dtype = cfg.compute_dtype or ("float32" if not cfg.amp else cfg.amp_dtype)
     autocast = torch.autocast(device.type, dtype=getattr(torch, dtype)) if dtype != "float32" else None
     start = time.perf_counter()

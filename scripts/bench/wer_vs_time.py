@@ -4,7 +4,8 @@
     python scripts/bench/wer_vs_time.py --every 1000 --config-name quartznet_demo_char
     python scripts/bench/wer_vs_time.py --every 700 trainer.max_steps=2100    # any Hydra override of the config
 
-Training runs through ``compat.Trainer`` exactly as ``scripts/asr/speech_to_text_ctc_bpe.py`` runs it (the corpus and
+Training runs through ``compat.Trainer`` exactly as ``scripts/asr/speech_to_text_ctc_bpe.py`` (or, for a transducer
+config, ``speech_to_text_rnnt_bpe.py``) runs it (the corpus and
 tokenizer are built, or reused, under ``--work-dir``), with exp_manager's checkpoint callback writing every
 ``--every`` steps. The time of a checkpoint is the training loop's wall clock when its step ended (recorded by a
 callback), so the scoring, done after training, does not count. Prints one line per checkpoint: step, minutes,
@@ -61,7 +62,8 @@ def main() -> None:
     import torch
 
     from compat import Trainer
-    from compat.collections.asr.models import EncDecCTCModel, EncDecCTCModelBPE
+    from compat.collections.asr.models import (EncDecCTCModel, EncDecCTCModelBPE, EncDecHybridRNNTCTCBPEModel,
+                                               EncDecRNNTBPEModel)
     from compat.utils.exp_manager import exp_manager
     from compat.utils.trainer_utils import resolve_trainer_cfg
     from nemofn.asr.tokenizers.builder import process_asr_text_tokenizer
@@ -84,7 +86,11 @@ def main() -> None:
     exp_manager(trainer, cfg.exp_manager)
     clock = StepClock()
     trainer.callbacks.append(clock)
-    model = (EncDecCTCModelBPE if bpe else EncDecCTCModel)(cfg=cfg.model, trainer=trainer)
+    if "joint" in cfg.model:
+        model_cls = EncDecHybridRNNTCTCBPEModel if "aux_ctc" in cfg.model else EncDecRNNTBPEModel
+    else:
+        model_cls = EncDecCTCModelBPE if bpe else EncDecCTCModel
+    model = model_cls(cfg=cfg.model, trainer=trainer)
     trainer.fit(model)
 
     unit, state = model.functional

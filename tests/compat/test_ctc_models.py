@@ -132,8 +132,6 @@ def test_transcribe_turns_off_dither_and_restores_the_mode(model, clips):
 
 
 def test_transcribe_unsupported_options(model, clips):
-    with pytest.raises(NotImplementedError, match="timestamps"):
-        model.transcribe(clips["paths"], timestamps=True, verbose=False)
     with pytest.raises(NotImplementedError, match="augmentor"):
         model.transcribe(clips["paths"], augmentor={"white_noise": {}}, verbose=False)
     with pytest.raises(TypeError, match="paths"):

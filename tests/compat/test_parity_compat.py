@@ -140,9 +140,9 @@ def test_bad_archives_fail_clearly(nemo3_dir: Path, tmp_path: Path):
 
     unknown = tmp_path / "unknown_target.nemo"
     cfg_unknown = OmegaConf.create(OmegaConf.to_container(cfg))
-    cfg_unknown.target = "nemo.collections.asr.models.rnnt_models.EncDecRNNTModel"
+    cfg_unknown.target = "nemo.collections.asr.models.multitask_models.EncDecMultiTaskModel"
     _rewrite(good, unknown, config=cfg_unknown)
-    with pytest.raises(UnknownTargetError, match="EncDecRNNTModel"):
+    with pytest.raises(UnknownTargetError, match="EncDecMultiTaskModel"):
         ModelPT.restore_from(str(unknown))
 
     traversal = tmp_path / "traversal.nemo"

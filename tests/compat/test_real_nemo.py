@@ -32,3 +32,15 @@ def test_real_nemo_restores_our_resaved_archive(nemo3_dir: Path, tmp_path: Path,
     files = [str(nemo3_dir / "audio" / f"test_0000{i}.wav") for i in range(4)]
     assert [h.text for h in theirs.transcribe(files, verbose=False)] == \
         [h.text for h in ours.transcribe(files, verbose=False)]
+
+
+@pytest.mark.parametrize("name", ["fastconformer_rnnt_bpe", "fastconformer_tdt_bpe", "fastconformer_hybrid_bpe"])
+def test_real_nemo_restores_our_transducers(nemo3_dir: Path, tmp_path: Path, name: str):
+    ours = ASRModel.restore_from(str(nemo3_dir / f"{name}.nemo"), map_location="cpu").eval()
+    path = tmp_path / f"{name}.nemo"
+    ours.save_to(str(path))
+    theirs = nemo_asr.models.ASRModel.restore_from(str(path), map_location="cpu", strict=True).eval()
+    assert type(theirs).__name__ == type(ours).__name__
+    files = [str(nemo3_dir / "audio" / f"test_0000{i}.wav") for i in range(4)]
+    assert [h.text for h in theirs.transcribe(files, verbose=False)] == \
+        [h.text for h in ours.transcribe(files, verbose=False)]

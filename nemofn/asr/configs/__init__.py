@@ -2,7 +2,9 @@
 
 One small file per area: :mod:`~nemofn.asr.configs.modules` (preprocessor, SpecAugment, encoders, decoder),
 :mod:`~nemofn.asr.configs.data` (dataset blocks), :mod:`~nemofn.asr.configs.optim` (``optim`` and ``sched``),
-:mod:`~nemofn.asr.configs.decoding` (CTC decoding) and :mod:`~nemofn.asr.configs.models` (the ``model:`` block).
+:mod:`~nemofn.asr.configs.decoding` (CTC decoding), :mod:`~nemofn.asr.configs.models` (the ``model:`` block of CTC
+models) and :mod:`~nemofn.asr.configs.transducer` (RNN-T / TDT and hybrid transducer-CTC models, with their decoding
+and loss blocks).
 ``validate_model_config(cfg.model)`` checks a whole model config before anything is built.
 """
 
@@ -23,9 +25,21 @@ from nemofn.asr.configs.modules import (
     ConvASRDecoderConfig,
     ConvASREncoderConfig,
     JasperEncoderConfig,
+    RNNTDecoderConfig,
+    RNNTJointConfig,
     SpectrogramAugmentationConfig,
 )
 from nemofn.asr.configs.optim import OptimConfig, SchedConfig
+from nemofn.asr.configs.transducer import (
+    TRANSDUCER_DECODING_DEFAULTS,
+    EncDecHybridRNNTCTCBPEConfig,
+    EncDecHybridRNNTCTCConfig,
+    EncDecRNNTBPEConfig,
+    EncDecRNNTConfig,
+    RNNTBPEDecodingConfig,
+    RNNTDecodingConfig,
+    merge_transducer_decoding,
+)
 from nemofn.core.schema import ConfigError
 
 __all__ = [
@@ -34,4 +48,7 @@ __all__ = [
     "CTCDecodingConfig", "CTCBPEDecodingConfig", "CTC_DECODING_DEFAULTS", "merge_decoding",
     "AudioToMelSpectrogramPreprocessorConfig", "SpectrogramAugmentationConfig", "JasperEncoderConfig",
     "ConvASREncoderConfig", "ConformerEncoderConfig", "ConvASRDecoderConfig", "OptimConfig", "SchedConfig",
+    "EncDecRNNTConfig", "EncDecRNNTBPEConfig", "EncDecHybridRNNTCTCConfig", "EncDecHybridRNNTCTCBPEConfig",
+    "RNNTDecoderConfig", "RNNTJointConfig", "RNNTDecodingConfig", "RNNTBPEDecodingConfig",
+    "TRANSDUCER_DECODING_DEFAULTS", "merge_transducer_decoding",
 ]

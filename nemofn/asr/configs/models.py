@@ -31,9 +31,9 @@ from nemofn.asr.configs.modules import (
 from nemofn.asr.configs.optim import select_optim
 from nemofn.core.schema import MISSING, ConfigError, default_only, ignored, option, to_plain, validate
 
-__all__ = ["TokenizerConfig", "InterCTCConfig", "FreezeUpdatesConfig", "EncDecCTCConfig", "EncDecCTCBPEConfig",
+__all__ = ["TokenizerConfig", "InterCTCConfig", "FreezeUpdatesConfig", "ModelPTKeys", "EncDecCTCConfig", "EncDecCTCBPEConfig",
            "CharLabelsConfig", "FinetuneTokenizerConfig", "FinetuneModelConfig", "model_schema",
-           "validate_model_config", "CTC_REDUCTIONS"]
+           "validate_model_config", "CTC_REDUCTIONS", "is_transducer_config"]
 
 #: NeMo's ``ctc_reduction`` values: ``nemofn.asr.ctc.CTC_REDUCTIONS`` (repeated so that this file needs no torch;
 #: a test keeps the two equal).
@@ -85,7 +85,35 @@ class FreezeUpdatesConfig:
 
 
 @dataclass
-class _CTCModelConfig:
+class ModelPTKeys:
+    """The keys every NeMo ASR model reads beyond its architecture: ``ModelPT``'s (``target``, ``init_from_*``,
+    profiling hooks) and the training features of NeMo's ASR base classes (InterCTC, frozen modules, adapters)."""
+
+    interctc: Optional[InterCTCConfig] = None
+    skip_nan_grad: bool = default_only(False, reason="skipping updates with NaN/inf gradients is not implemented")
+    freeze_updates: Optional[FreezeUpdatesConfig] = None
+    optim_param_groups: Optional[Dict[str, Any]] = default_only(None, reason="per-module optimizer parameter "
+                                                                             "groups are not implemented")
+    adapters: Optional[Dict[str, Any]] = default_only(None, reason="adapters are not implemented")
+    child_model: Optional[Any] = default_only(None, types=(dict, None), reason="nested child models are not "
+                                                                               "supported")
+
+    # ModelPT
+    target: Optional[str] = None
+    nemo_version: Optional[str] = None
+    init_from_nemo_model: Optional[Any] = option(None, types=(str, dict, None))
+    init_from_pretrained_model: Optional[Any] = option(None, types=(str, dict, None))
+    init_from_ptl_ckpt: Optional[Any] = option(None, types=(str, dict, None))
+    init_strict: bool = True
+    nsys_profile: Optional[Dict[str, Any]] = ignored(reason=_PROFILING)
+    memory_profile: Optional[Dict[str, Any]] = ignored(reason=_PROFILING)
+    chakra_profile: Optional[Dict[str, Any]] = ignored(reason=_PROFILING)
+    dump_debug_info: bool = ignored(False, reason="NeMo's debug hooks (tensor statistics dumps)")
+    dump_debug_info_to_file: bool = ignored(False, reason="NeMo's debug hooks (tensor statistics dumps)")
+
+
+@dataclass
+class _CTCModelConfig(ModelPTKeys):
     """The keys shared by the char and BPE CTC models."""
 
     sample_rate: int = 16000
@@ -114,27 +142,6 @@ class _CTCModelConfig:
     use_cer: bool = False
     compute_eval_loss: bool = ignored(True, reason=_OTHER_MODELS)
     variational_noise: Optional[Dict[str, Any]] = ignored(reason=_OTHER_MODELS)
-    interctc: Optional[InterCTCConfig] = None
-    skip_nan_grad: bool = default_only(False, reason="skipping updates with NaN/inf gradients is not implemented")
-    freeze_updates: Optional[FreezeUpdatesConfig] = None
-    optim_param_groups: Optional[Dict[str, Any]] = default_only(None, reason="per-module optimizer parameter "
-                                                                             "groups are not implemented")
-    adapters: Optional[Dict[str, Any]] = default_only(None, reason="adapters are not implemented")
-    child_model: Optional[Any] = default_only(None, types=(dict, None), reason="nested child models are not "
-                                                                               "supported")
-
-    # ModelPT
-    target: Optional[str] = None
-    nemo_version: Optional[str] = None
-    init_from_nemo_model: Optional[Any] = option(None, types=(str, dict, None))
-    init_from_pretrained_model: Optional[Any] = option(None, types=(str, dict, None))
-    init_from_ptl_ckpt: Optional[Any] = option(None, types=(str, dict, None))
-    init_strict: bool = True
-    nsys_profile: Optional[Dict[str, Any]] = ignored(reason=_PROFILING)
-    memory_profile: Optional[Dict[str, Any]] = ignored(reason=_PROFILING)
-    chakra_profile: Optional[Dict[str, Any]] = ignored(reason=_PROFILING)
-    dump_debug_info: bool = ignored(False, reason="NeMo's debug hooks (tensor statistics dumps)")
-    dump_debug_info_to_file: bool = ignored(False, reason="NeMo's debug hooks (tensor statistics dumps)")
 
 
 @dataclass
@@ -195,23 +202,35 @@ def _is_finetune(cfg: Any) -> bool:
             or not any(key in cfg for key in ("preprocessor", "encoder", "decoder")))
 
 
+def is_transducer_config(cfg: Any) -> bool:
+    """Whether a ``model:`` block (mapping) is a transducer's (RNN-T / TDT, or hybrid): it has a ``joint``."""
+    return isinstance(cfg, Mapping) and "joint" in cfg
+
+
 def model_schema(cfg: Any, *, finetune: bool | None = None) -> type:
     """The schema of a ``model:`` block (a plain dict or one of the schema dataclasses).
 
     :class:`FinetuneModelConfig` for a fine-tuning block (``finetune=None``: one with ``char_labels``,
-    ``tokenizer.update_tokenizer``, or no preprocessor, encoder and decoder), else :class:`EncDecCTCBPEConfig` when
-    it has a ``tokenizer`` and :class:`EncDecCTCConfig` when not.
+    ``tokenizer.update_tokenizer``, or no preprocessor, encoder and decoder). A block with a ``joint`` is a
+    transducer's (:func:`nemofn.asr.configs.transducer.transducer_schema`: hybrid with ``aux_ctc``, BPE with a
+    ``tokenizer``). Otherwise :class:`EncDecCTCBPEConfig` when it has a ``tokenizer`` and :class:`EncDecCTCConfig`
+    when not.
     """
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
         return type(cfg)
     if finetune or (finetune is None and _is_finetune(cfg)):
         return FinetuneModelConfig
+    if is_transducer_config(cfg):
+        from nemofn.asr.configs.transducer import transducer_schema  # it imports this module's shared schemas
+
+        return transducer_schema(cfg)
     return EncDecCTCBPEConfig if cfg.get("tokenizer") is not None else EncDecCTCConfig
 
 
 def validate_model_config(cfg: Any, *, unknown_keys: str = "error", path: str = "model",
                           finetune: bool | None = None) -> list[str]:
-    """Checks a whole CTC ``model:`` block, every section included, without resolving or building anything.
+    """Checks a whole ``model:`` block (CTC, transducer or hybrid; see :func:`model_schema`), every section
+    included, without resolving or building anything.
 
     Call it on an experiment's ``cfg.model`` before any data is read: a misspelt key anywhere fails in
     milliseconds, naming its full path and the closest known key.

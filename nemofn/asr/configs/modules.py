@@ -1,10 +1,14 @@
 """Schemas of the module config blocks: ``preprocessor``, ``spec_augment``, ``encoder`` (ConvASR / Conformer and
-FastConformer) with its ``jasper`` block list, and ``decoder``.
+FastConformer) with its ``jasper`` block list, ``decoder`` (the CTC head, or a transducer's prediction network with
+its ``prednet`` block) and ``joint`` (with its ``jointnet`` block).
 
 Each schema's fields (less ``_target_``) and defaults are exactly the constructor arguments of the nemofn module it
-configures (a test keeps them so), which take NeMo's constructor arguments and defaults. Where NeMo's own config
-dataclass differs from its constructor (e.g. ``SpectrogramAugmentationConfig.freq_width = 0`` against the
-constructor's 10), the constructor wins: a block that leaves a key out gets the constructor's value in NeMo too.
+configures (a test keeps them so), which take NeMo's constructor arguments and defaults. The transducer blocks
+(``RNNTDecoder``, ``RNNTJoint``) keep NeMo's nesting (``prednet: {...}``, ``jointnet: {...}``), which their modules'
+``from_config`` flattens; their fields are NeMo's constructor arguments and the keys NeMo reads from the nested
+blocks, with NeMo's defaults. Where NeMo's own config dataclass differs from its constructor (e.g.
+``SpectrogramAugmentationConfig.freq_width = 0`` against the constructor's 10), the constructor wins: a block that
+leaves a key out gets the constructor's value in NeMo too.
 
 :func:`module_schema` picks the schema a block's ``_target_`` names; :func:`select_module` makes the selector of a
 model-config slot (which modules may stand there).
@@ -13,14 +17,15 @@ model-config slot (which modules may stand there).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from nemofn.core.schema import MISSING, ConfigError, join_key, option
 
 __all__ = [
     "AudioToMelSpectrogramPreprocessorConfig", "SpectrogramAugmentationConfig", "JasperEncoderConfig",
-    "ConvASREncoderConfig", "ConformerEncoderConfig", "ConvASRDecoderConfig", "MODULE_SCHEMAS", "module_schema",
+    "ConvASREncoderConfig", "ConformerEncoderConfig", "ConvASRDecoderConfig", "RNNTPredNetConfig", "RNNTDecoderConfig",
+    "RNNTJointNetConfig", "RNNTJointConfig", "RNNT_JOINT_ACTIVATIONS", "MODULE_SCHEMAS", "module_schema",
     "select_module", "NEMO_MODULES",
 ]
 
@@ -192,6 +197,79 @@ class ConvASRDecoderConfig:
     temperature: float = 1.0
 
 
+@dataclass
+class RNNTPredNetConfig:
+    """``decoder.prednet`` of :class:`~nemofn.asr.modules.rnnt_decoder.RNNTDecoder` (NeMo reads these keys with
+    ``prednet.get``; the defaults are the ones it falls back to).
+
+    ``t_max`` (chrono init) is only accepted as null; ``rnn_hidden_size > pred_hidden`` makes a projected LSTM.
+    """
+
+    pred_hidden: int = MISSING
+    pred_rnn_layers: int = MISSING
+    t_max: Optional[int] = None
+    dropout: float = 0.0
+    forget_gate_bias: Optional[float] = 1.0
+    weights_init_scale: float = 1.0
+    hidden_hidden_bias_scale: float = 0.0
+    rnn_hidden_size: int = -1
+
+
+@dataclass
+class RNNTDecoderConfig:
+    """``decoder:`` of :class:`~nemofn.asr.modules.rnnt_decoder.RNNTDecoder` (a transducer's LSTM prediction network).
+
+    ``vocab_size`` is filled by the transducer model (the vocabulary size, without the blank). Only
+    ``normalization_mode: null`` is implemented (``batch`` / ``layer`` raise NotImplementedError).
+    """
+
+    _target_: str = f"{NEMO_MODULES}.RNNTDecoder"
+    prednet: RNNTPredNetConfig = field(default_factory=RNNTPredNetConfig)
+    vocab_size: int = MISSING
+    normalization_mode: Optional[str] = option(None, choices=(None, "batch", "layer"))
+    random_state_sampling: bool = False
+    blank_as_pad: bool = True
+
+
+#: The joint activations NeMo's ``RNNTJoint`` accepts (spelt exactly so; ``RELU`` is refused by NeMo too).
+RNNT_JOINT_ACTIVATIONS = ("relu", "tanh", "sigmoid")
+
+
+@dataclass
+class RNNTJointNetConfig:
+    """``joint.jointnet`` of :class:`~nemofn.asr.modules.rnnt_joint.RNNTJoint`. ``encoder_hidden`` and
+    ``pred_hidden`` are filled by the transducer model from ``model_defaults``."""
+
+    encoder_hidden: int = MISSING
+    pred_hidden: int = MISSING
+    joint_hidden: int = MISSING
+    activation: str = option(MISSING, choices=RNNT_JOINT_ACTIVATIONS)
+    dropout: float = 0.0
+
+
+@dataclass
+class RNNTJointConfig:
+    """``joint:`` of :class:`~nemofn.asr.modules.rnnt_joint.RNNTJoint`.
+
+    ``num_classes`` and ``vocabulary`` are filled by the transducer model; ``num_extra_outputs`` is the number of
+    TDT durations. ``fuse_loss_wer: true`` needs ``fused_batch_size``. ``experimental_fuse_loss_wer`` is NeMo's
+    deprecated spelling of ``fuse_loss_wer`` (it wins when not null); ``masking_prob > 0`` is HAINAN's random
+    masking of the prediction-net output in training.
+    """
+
+    _target_: str = f"{NEMO_MODULES}.RNNTJoint"
+    jointnet: RNNTJointNetConfig = field(default_factory=RNNTJointNetConfig)
+    num_classes: int = MISSING
+    num_extra_outputs: int = 0
+    vocabulary: Optional[List[str]] = None
+    log_softmax: Optional[bool] = None
+    preserve_memory: bool = False
+    fuse_loss_wer: bool = False
+    fused_batch_size: Optional[int] = None
+    experimental_fuse_loss_wer: Optional[bool] = None
+    masking_prob: float = -1.0
+
+
 #: NeMo class name -> schema of its config block (the names of ``nemofn.asr.modules.registry.MODULES``).
 MODULE_SCHEMAS: dict[str, type] = {
     "AudioToMelSpectrogramPreprocessor": AudioToMelSpectrogramPreprocessorConfig,
@@ -199,6 +277,8 @@ MODULE_SCHEMAS: dict[str, type] = {
     "ConvASREncoder": ConvASREncoderConfig,
     "ConformerEncoder": ConformerEncoderConfig,
     "ConvASRDecoder": ConvASRDecoderConfig,
+    "RNNTDecoder": RNNTDecoderConfig,
+    "RNNTJoint": RNNTJointConfig,
 }
 
 

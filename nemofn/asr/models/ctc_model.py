@@ -13,63 +13,24 @@ config's ``*_ds`` blocks, and the optimizer and schedule of its ``optim`` block.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import attrs
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nemofn.asr.configs.models import validate_model_config
-from nemofn.asr.configs.optim import validate_optim
-from nemofn.asr.data.audio import load_audio
-from nemofn.asr.data.dataset import build_dataloader
 from nemofn.asr.decoding import CharDecoder, TokenizerDecoder
 from nemofn.asr.metrics import word_error_rate
+from nemofn.asr.models.asr_unit import AudioInput, ASRUnitMixin, pad_signals, tokenizer_from_config
 from nemofn.asr.models.ctc_network import CTCNetwork
-from nemofn.asr.tokenizers import CharTokenizer, SentencePieceTokenizer
+from nemofn.asr.tokenizers import SentencePieceTokenizer
 from nemofn.core.rng import RngKey
-from nemofn.core.schema import MISSING, drop_keys, to_plain
+from nemofn.core.schema import drop_keys, to_plain
 from nemofn.core.state import ModelState
-from nemofn.optim.config import build_optimization
 
-__all__ = ["CTCModel", "tokenizer_from_config", "validate_model_config", "AudioInput"]
-
-AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
-
-
-def tokenizer_from_config(cfg: Mapping[str, Any]) -> CharTokenizer | SentencePieceTokenizer:
-    """The tokenizer a model config names: ``labels`` (char) or ``tokenizer: {dir, type}`` (BPE).
-
-    ``tokenizer.model_path`` / ``vocab_path`` (set by ``.nemo`` restore to extracted artifact files) take
-    precedence over ``tokenizer.dir``.
-    """
-    tok = cfg.get("tokenizer")
-    if tok is not None:
-        tok_type = tok.get("type", "bpe")
-        if tok_type != "bpe":
-            raise ValueError(f"model.tokenizer.type={tok_type!r} is not supported yet; use 'bpe' (SentencePiece)")
-        model_path = tok.get("model_path")
-        vocab_path = tok.get("vocab_path")
-        tok_dir = tok.get("dir")
-        if not model_path:
-            if not tok_dir:
-                raise ValueError("model.tokenizer.dir is not set; point it at a folder holding tokenizer.model "
-                                 "(build one with scripts/tokenizers/process_asr_text_tokenizer.py)")
-            model_path = Path(tok_dir) / "tokenizer.model"
-            candidate = Path(tok_dir) / "vocab.txt"
-            vocab_path = vocab_path or (candidate if candidate.exists() else None)
-        if not Path(model_path).is_file():
-            raise FileNotFoundError(f"tokenizer model {model_path} does not exist (from model.tokenizer); build it "
-                                    "with scripts/tokenizers/process_asr_text_tokenizer.py")
-        return SentencePieceTokenizer(model_path, vocab_path)
-    labels = cfg.get("labels")
-    if not labels or labels == MISSING:
-        raise ValueError("the model config has neither `labels` (char model) nor `tokenizer` (BPE model)")
-    return CharTokenizer(list(labels))
+__all__ = ["CTCModel", "tokenizer_from_config", "validate_model_config", "AudioInput", "pad_signals"]
 
 
 def _filled_config(cfg: Mapping[str, Any], tokenizer: Any, unknown: Sequence[str] = ()) -> DictConfig:
@@ -95,17 +56,8 @@ def _filled_config(cfg: Mapping[str, Any], tokenizer: Any, unknown: Sequence[str
     return conf
 
 
-def pad_signals(signals: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mono float32 waveforms -> ``(signal [B, T_max], signal_len [B])``, right-padded with zeros."""
-    lengths = torch.tensor([len(s) for s in signals], dtype=torch.int64)
-    batch = torch.zeros(len(signals), int(lengths.max()) if len(signals) else 0)
-    for i, s in enumerate(signals):
-        batch[i, : len(s)] = torch.from_numpy(np.ascontiguousarray(s, dtype=np.float32))
-    return batch, lengths
-
-
 @attrs.frozen(eq=False)
-class CTCModel:
+class CTCModel(ASRUnitMixin):
     """A CTC ASR model: config, network, tokenizer and text decoding (no weights; see :meth:`init_state`).
 
     Attributes:
@@ -152,42 +104,10 @@ class CTCModel:
         return cls(cfg=conf, network=network, tokenizer=tokenizer, text_decoder=text_decoder,
                    unknown_keys=unknown_keys)
 
-    @property
-    def sample_rate(self) -> int:
-        return int(self.cfg.get("sample_rate", self.cfg.preprocessor.get("sample_rate", 16000)))
-
     def init_state(self, rng: RngKey | int = 0) -> ModelState:
         """Fresh weights (NeMo's initialisations) as a :class:`ModelState`."""
         params, buffers = self.network.init(rng)
         return ModelState.create(params, buffers)
-
-    # ----------------------------------------------------------------------------------------------- data
-    def dataset_config(self, ds_cfg: Mapping[str, Any]) -> dict:
-        """A ``*_ds`` block with ``sample_rate`` (and ``labels`` for char models) filled from the model, as NeMo."""
-        out = dict(OmegaConf.to_container(ds_cfg, resolve=True) if isinstance(ds_cfg, DictConfig) else ds_cfg)
-        out.setdefault("sample_rate", self.sample_rate)
-        if isinstance(self.tokenizer, CharTokenizer):
-            out.setdefault("labels", list(self.tokenizer.labels))
-        return out
-
-    def dataloader(self, ds_cfg: Mapping[str, Any], *, shuffle_seed: int = 0, num_replicas: int = 1,
-                   rank: int = 0, path: str = "dataset") -> torch.utils.data.DataLoader:
-        """The loader of a NeMo ``train_ds``/``validation_ds``/``test_ds`` block (batches of 4 tensors).
-
-        ``path`` names the block in config errors (``model.train_ds``).
-        """
-        return build_dataloader(self.dataset_config(ds_cfg), self.tokenizer, shuffle_seed=shuffle_seed,
-                                num_replicas=num_replicas, rank=rank, path=path, unknown_keys=self.unknown_keys)
-
-    def optimization(self, optim_cfg: Mapping[str, Any] | None = None, *, max_steps: int | None = None):
-        """``(optimizer, schedule, base_lr)`` from ``optim_cfg`` (default: the config's ``optim`` block)."""
-        if optim_cfg is None:
-            optim_cfg = self.cfg.get("optim")  # checked by from_config
-        else:
-            validate_optim(optim_cfg)
-        if optim_cfg is None:
-            raise ValueError("no optimizer config: the model config has no `optim` block; pass one")
-        return build_optimization(optim_cfg, max_steps=max_steps)
 
     # ------------------------------------------------------------------------------------------ inference
     def inference_network(self) -> CTCNetwork:
@@ -207,13 +127,6 @@ class CTCModel:
         """Greedy CTC decoding to text."""
         return self.text_decoder.decode(log_probs, lengths)
 
-    def load_audio(self, item: AudioInput) -> np.ndarray:
-        if isinstance(item, torch.Tensor):
-            return item.detach().cpu().float().numpy().reshape(-1)
-        if isinstance(item, np.ndarray):
-            return item.astype(np.float32).reshape(-1)
-        return load_audio(item, sample_rate=self.sample_rate)
-
     def transcribe(self, state: ModelState, audio: Sequence[AudioInput], *, batch_size: int = 4,
                    return_log_probs: bool = False, progress: bool = False):
         """Texts for a list of audio files / arrays, in input order.
@@ -224,14 +137,7 @@ class CTCModel:
         """
         texts: list[str] = []
         all_lp: list[torch.Tensor] = []
-        starts = range(0, len(audio), batch_size)
-        if progress:
-            from tqdm import tqdm
-
-            starts = tqdm(starts, desc="Transcribing", unit="batch")
-        for start in starts:
-            signals = [self.load_audio(a) for a in audio[start:start + batch_size]]
-            signal, signal_len = pad_signals(signals)
+        for signal, signal_len in self.audio_batches(audio, batch_size, progress=progress):
             lp, lens = self.log_probs(state, signal, signal_len)
             texts.extend(self.decode(lp, lens))
             if return_log_probs:
