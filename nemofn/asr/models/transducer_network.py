@@ -215,9 +215,12 @@ class TransducerNetwork(Module):
         encoded, encoded_len = s(self.encoder, "encoder", features, feat_len)
         return (encoded, encoded_len), s.new_buffers
 
-    def joint_output(self, params, encoded, decoder_out, *, train=False, rng=None) -> torch.Tensor:
-        """``encoded [B, D, T]``, ``decoder_out [B, H, U+1]`` -> joint ``[B, T, U+1, V+1(+D)]``."""
-        out, _ = self.joint.apply(params["joint"], {}, encoded, decoder_out, train=train, rng=rng)
+    def joint_output(self, params, encoded, decoder_out, *, train=False, rng=None, logits=False) -> torch.Tensor:
+        """``encoded [B, D, T]``, ``decoder_out [B, H, U+1]`` -> joint ``[B, T, U+1, V+1(+D)]`` (NeMo's output: on
+        the CPU log-softmaxed; ``logits=True``: the raw logits)."""
+        # NeMo divides by the decoding temperature only where it log-softmaxes: keep its path then
+        joint = self.joint.replace(log_softmax=False) if logits and self.joint.temperature == 1.0 else self.joint
+        out, _ = joint.apply(params["joint"], {}, encoded, decoder_out, train=train, rng=rng)
         return out
 
     def transducer_loss(self, params, encoded, encoded_len, targets, targets_len, *, train=False, rng=None,
@@ -238,7 +241,8 @@ class TransducerNetwork(Module):
         With the joint's ``fuse_loss_wer`` the joint and the per-utterance losses are computed in sub-batches of
         ``fused_batch_size`` utterances, each trimmed to its own longest ``T`` and ``U`` (NeMo's fused joint), so
         the largest joint tensor is ``[fused_batch_size, T, U+1, V+1+D]``; the losses are reduced together at the
-        end, which gives the same value as the unfused path.
+        end, which gives the same value as the unfused path. The loss gets the joint's raw logits: it normalises the
+        token (and duration) parts itself, so NeMo's extra log-softmax of the joint would change nothing but the time.
 
         Args:
             encoded: ``[B, D, T]``; decoder_out: ``[B, H, U+1]``; targets: ``[B, U]``; lengths ``[B]``.
@@ -247,7 +251,7 @@ class TransducerNetwork(Module):
         reduction = self.loss.reduction if reduction is None else reduction
         sub = self.joint.fused_batch_size if self.joint.fuse_loss_wer else None
         if not sub or sub >= encoded.shape[0]:
-            acts = self.joint_output(params, encoded, decoder_out, train=train, rng=rng)
+            acts = self.joint_output(params, encoded, decoder_out, train=train, rng=rng, logits=True)
             return self.loss(acts, targets, encoded_len, targets_len, reduction=reduction)
         losses = []
         for start in range(0, encoded.shape[0], sub):
@@ -255,7 +259,7 @@ class TransducerNetwork(Module):
             t_max = int(encoded_len[start:end].max())
             u_max = int(targets_len[start:end].max())
             acts = self.joint_output(params, encoded[start:end, :, :t_max], decoder_out[start:end, :, : u_max + 1],
-                                     train=train, rng=rng)
+                                     train=train, rng=rng, logits=True)
             losses.append(self.loss(acts, targets[start:end, :u_max], encoded_len[start:end],
                                     targets_len[start:end], reduction="none"))
         return reduce_transducer_loss(torch.cat(losses), targets_len, reduction)
