@@ -34,12 +34,14 @@ from compat.models.ctc_decoding import (
 )
 from compat.models.timestamps import ctc_timestamp_dicts
 from compat.models.transcribe import transcribe_batches, transcribe_request
+from nemofn.asr.data.inference_batches import restore_order
 from nemofn.asr.ctc import CTCLoss
 from nemofn.asr.metrics import error_counts
 from nemofn.asr.models.ctc_model import CTCModel
 from nemofn.asr.tokenizers import CharTokenizer
 from nemofn.core.rng import RngKey
 from nemofn.core.state import ModelState
+from nemofn.core.tree import tree_map
 from nemofn.nn.module import Module
 
 __all__ = ["EncDecCTCModel"]
@@ -134,7 +136,7 @@ class EncDecCTCModel(ASRModel, nemo_target="nemo.collections.asr.models.ctc_mode
         optimizer = self._optimizer
         lr = optimizer.param_groups[0]["lr"] if hasattr(optimizer, "param_groups") else float("nan")
         logs: dict[str, Any] = {"train_loss": loss, "learning_rate": lr,
-                                "global_step": torch.tensor(float(self.global_step))}
+                                "global_step": float(self.global_step)}
         every = int(getattr(self._trainer, "log_every_n_steps", 1) or 1)
         if (batch_nb + 1) % every == 0:
             with torch.no_grad():
@@ -173,7 +175,7 @@ class EncDecCTCModel(ASRModel, nemo_target="nemo.collections.asr.models.ctc_mode
             batch_size: inputs per forward pass.
             return_hypotheses: ``y_sequence`` (and ``alignments``) hold the ``[T', V+1]`` log-probs of each input;
                 otherwise ``y_sequence`` holds its per-frame arg-max labels.
-            num_workers: accepted for NeMo compatibility (audio is read in this process).
+            num_workers: threads that read audio ahead of the model (0: one thread).
             channel_selector: for multi-channel files (see ``nemofn.asr.data.audio.select_channels``).
             verbose: show a progress bar.
             timestamps: also fill each ``Hypothesis.timestamp`` with NeMo's dict (``timestep``, ``char``, ``word``,
@@ -187,7 +189,7 @@ class EncDecCTCModel(ASRModel, nemo_target="nemo.collections.asr.models.ctc_mode
         request = transcribe_request(batch_size=batch_size, return_hypotheses=return_hypotheses,
                                      channel_selector=channel_selector, augmentor=augmentor, verbose=verbose,
                                      timestamps=timestamps, override_config=override_config,
-                                     config_kwargs=config_kwargs)
+                                     config_kwargs=config_kwargs, num_workers=num_workers)
         check_decoding_supported(self._cfg.get("decoding") or {})
         unit = self.fn_model
         batches = transcribe_batches(audio, request, sample_rate=unit.sample_rate)
@@ -195,17 +197,17 @@ class EncDecCTCModel(ASRModel, nemo_target="nemo.collections.asr.models.ctc_mode
         was_training = self.training
         self.eval()
         try:
-            results: list[Hypothesis] = []
+            results: list[tuple[list[int], list[Hypothesis]]] = []
             device = self.device
-            for signal, signal_len in batches:
+            for indices, signal, signal_len in batches:
                 log_probs, encoded_len = unit.log_probs(self.fn_state, signal.to(device), signal_len.to(device))
                 hypotheses = self._hypotheses(log_probs, encoded_len, full)
                 if request.timestamps:
                     dicts = ctc_timestamp_dicts(self, log_probs, encoded_len, self._cfg.get("decoding"))
                     for hyp, stamp in zip(hypotheses, dicts):
                         hyp.timestamp = stamp
-                results.extend(hypotheses)
-            return results
+                results.append((indices, hypotheses))
+            return restore_order(results, sum(len(i) for i, _ in results))
         finally:
             self.train(was_training)
 
@@ -223,6 +225,8 @@ class EncDecCTCModel(ASRModel, nemo_target="nemo.collections.asr.models.ctc_mode
         unit = CTCModel.from_config(cfg, tokenizer=tokenizer, unknown_keys="warn")  # cfg: validated when built
         old = self.fn_state
         dec_params, dec_buffers = unit.network.decoder.init(RngKey(self._draw_seed()))
+        # the new decoder lives where the kept weights live (init builds host tensors)
+        dec_params, dec_buffers = (tree_map(lambda t: t.to(old.device), tree) for tree in (dec_params, dec_buffers))
         params = {k: v for k, v in old.params.items() if k != "decoder"}
         buffers = {k: v for k, v in old.buffers.items() if k != "decoder"}
         params["decoder"] = dec_params

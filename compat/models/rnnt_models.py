@@ -20,6 +20,7 @@ import copy
 import logging
 from typing import Any
 
+import attrs
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
@@ -27,12 +28,14 @@ from compat.collections.asr.parts.utils.rnnt_utils import Hypothesis
 from compat.models.asr_model import ASRModel
 from compat.models.modelpt_module import SubModuleSpec
 from compat.models.transcribe import transcribe_batches, transcribe_request
+from nemofn.asr.data.inference_batches import restore_order
 from nemofn.asr.metrics import error_counts
 from nemofn.asr.models.transducer_model import TransducerDecoding, TransducerModel
 from nemofn.asr.tokenizers import CharTokenizer
 from nemofn.asr.transducer_greedy import TransducerHyps
 from nemofn.core.rng import RngKey
 from nemofn.core.state import ModelState
+from nemofn.core.tree import tree_map
 
 __all__ = ["EncDecRNNTModel", "RNNTDecodingFace"]
 
@@ -214,7 +217,7 @@ class EncDecRNNTModel(ASRModel, nemo_target="nemo.collections.asr.models.rnnt_mo
         encoded, encoded_len = self.forward(input_signal=signal, input_signal_length=signal_len)
         loss = self._joint_loss(encoded, encoded_len, transcript, transcript_len)
         logs: dict[str, Any] = {"train_loss": loss, "learning_rate": self._learning_rate(),
-                                "global_step": torch.tensor(float(self.global_step))}
+                                "global_step": float(self.global_step)}
         if self._log_wer_now(batch_nb):
             num, denom = self._wer_counts(encoded, encoded_len, transcript, transcript_len)
             logs["training_batch_wer"] = num.float() / denom.float()
@@ -277,7 +280,7 @@ class EncDecRNNTModel(ASRModel, nemo_target="nemo.collections.asr.models.rnnt_mo
                 NeMo's stripped ``Hypothesis(score, y_sequence, text)``.
             timestamps: ``timestamp`` becomes NeMo's dict with ``timestep``, ``char``, ``word`` and ``segment``
                 offsets (frames) and times (seconds).
-            num_workers: accepted for NeMo compatibility (audio is read in this process).
+            num_workers: threads that read audio ahead of the model (0: one thread).
             override_config: an object with NeMo ``TranscribeConfig`` attributes; it replaces the arguments.
             config_kwargs: ``pad_min_duration`` (s) and ``pad_direction`` for array inputs.
         """
@@ -287,15 +290,18 @@ class EncDecRNNTModel(ASRModel, nemo_target="nemo.collections.asr.models.rnnt_mo
         request = transcribe_request(batch_size=batch_size, return_hypotheses=return_hypotheses,
                                      channel_selector=channel_selector, augmentor=augmentor, verbose=verbose,
                                      timestamps=timestamps, override_config=override_config,
-                                     config_kwargs=config_kwargs)
+                                     config_kwargs=config_kwargs, num_workers=num_workers)
+        if self.fn_model.network.durations is not None and (request.return_hypotheses or request.timestamps):
+            # NeMo's greedy TDT reports token durations that depend on the batch (see nemofn.asr.transducer_greedy):
+            # keep NeMo's batches (input order) so they match; texts alone are batch-independent and get sorted.
+            request = attrs.evolve(request, sort_by_length=False)
         batches = transcribe_batches(audio, request, sample_rate=self.fn_model.sample_rate)
         was_training = self.training
         self.eval()
         try:
-            results: list[Hypothesis] = []
-            for signal, signal_len in batches:
-                results.extend(self._transcribe_batch(signal, signal_len, request))
-            return results
+            results = [(indices, self._transcribe_batch(signal, signal_len, request))
+                       for indices, signal, signal_len in batches]
+            return restore_order(results, sum(len(i) for i, _ in results))
         finally:
             self.train(was_training)
 
@@ -336,8 +342,8 @@ class EncDecRNNTModel(ASRModel, nemo_target="nemo.collections.asr.models.rnnt_mo
         old = self.fn_state
         params = dict(old.params)
         for key in _HEADS:
-            if key in fresh:
-                params[key] = fresh[key]
+            if key in fresh:  # the new heads live where the kept weights live (init builds host tensors)
+                params[key] = tree_map(lambda t: t.to(old.device), fresh[key])
         state = ModelState.create(params, dict(old.buffers))
         self._write_filled_config(cfg, unit.cfg)
         with open_dict(self._cfg):

@@ -11,7 +11,10 @@ Accepted ``audio`` (NeMo 3.0's ``TranscriptionMixin``):
   ``"left"`` / ``"right"`` also accepted);
 * a ``DataLoader`` whose batches start with ``(signal [B, T], signal_len [B])``.
 
-Batches come out as ``(signal [B, T_max] float32, signal_len [B] int64)``, in input order.
+Batches come out as ``(indices, signal [B, T_max] float32, signal_len [B] int64)``: the inputs are grouped longest
+first (fewer padded frames; no transcript changes, see :mod:`nemofn.asr.data.inference_batches`) and their audio is
+read ahead in ``num_workers`` threads (at least one); ``indices`` put each output back in input order. A DataLoader's
+batches keep their order.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ import attrs
 import numpy as np
 import torch
 
-from nemofn.asr.data.audio import load_audio
-from nemofn.asr.models.asr_unit import pad_signals
+from nemofn.asr.data.audio import audio_info, load_audio
+from nemofn.asr.data.inference_batches import length_sorted_batches, prefetched_batches
 
 __all__ = ["AudioSource", "collect_sources", "pad_to_min_duration", "iterate_batches", "count_batches",
            "TranscribeRequest", "transcribe_request", "transcribe_batches"]
@@ -45,6 +48,14 @@ class AudioSource:
             return self.samples
         return load_audio(self.path, sample_rate=sample_rate, offset=self.offset, duration=self.duration,
                           channel_selector=channel_selector)
+
+    def seconds(self, sample_rate: int) -> float:
+        """The input's length in seconds: the samples', the manifest's ``duration``, else the file header's."""
+        if self.samples is not None:
+            return self.samples.shape[0] / sample_rate
+        if self.duration:
+            return float(self.duration)
+        return max(0.0, audio_info(self.path).duration - self.offset)
 
 
 def pad_to_min_duration(samples: np.ndarray, min_samples: int, direction: str = "both") -> np.ndarray:
@@ -113,17 +124,26 @@ def count_batches(audio: Any, sources: list[AudioSource] | None, batch_size: int
 
 
 def iterate_batches(audio: Any, sources: list[AudioSource] | None, *, batch_size: int, sample_rate: int,
-                    channel_selector: Any = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """``(signal [B, T], signal_len [B])`` batches, from ``sources`` or (when ``None``) a DataLoader ``audio``."""
+                    channel_selector: Any = None, num_workers: int = 0, sort_by_length: bool = True
+                    ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """``(indices, signal [B, T], signal_len [B])`` batches: ``sources`` longest first (in input order without
+    ``sort_by_length``), read ahead in ``max(1, num_workers)`` threads; or (``sources`` None) a DataLoader
+    ``audio``'s batches in order."""
     if sources is None:
+        start = 0
         for batch in audio:
             if not isinstance(batch, (list, tuple)) or len(batch) < 2:
                 raise TypeError("transcribe: a DataLoader must yield (signal [B, T], signal_len [B], ...) batches")
-            yield batch[0], batch[1]
+            count = int(batch[0].shape[0])
+            yield list(range(start, start + count)), batch[0], batch[1]
+            start += count
         return
-    for start in range(0, len(sources), batch_size):
-        chunk = sources[start:start + batch_size]
-        yield pad_signals([s.load(sample_rate, channel_selector) for s in chunk])
+    if sort_by_length:
+        groups = length_sorted_batches([s.seconds(sample_rate) for s in sources], batch_size)
+    else:
+        groups = [list(range(i, min(i + batch_size, len(sources)))) for i in range(0, len(sources), batch_size)]
+    yield from prefetched_batches(groups, lambda i: sources[i].load(sample_rate, channel_selector),
+                                  workers=num_workers)
 
 
 @attrs.frozen
@@ -137,11 +157,13 @@ class TranscribeRequest:
     timestamps: bool = False
     pad_min_duration: float = 1.0
     pad_direction: str = "both"
+    num_workers: int = 0
+    sort_by_length: bool = True
 
 
 def transcribe_request(*, batch_size: int, return_hypotheses: bool, channel_selector: Any, augmentor: Any,
                        verbose: bool, timestamps: bool | None, override_config: Any,
-                       config_kwargs: dict[str, Any]) -> TranscribeRequest:
+                       config_kwargs: dict[str, Any], num_workers: int | None = 0) -> TranscribeRequest:
     """NeMo's ``transcribe`` arguments checked and merged: ``override_config`` (an object with ``TranscribeConfig``
     attributes) replaces the arguments; ``config_kwargs`` may hold ``pad_min_duration``, ``pad_direction`` and
     ``use_lhotse`` (accepted, ignored).
@@ -157,6 +179,7 @@ def transcribe_request(*, batch_size: int, return_hypotheses: bool, channel_sele
         augmentor = getattr(override_config, "augmentor", augmentor)
         verbose = getattr(override_config, "verbose", verbose)
         timestamps = getattr(override_config, "timestamps", timestamps)
+        num_workers = getattr(override_config, "num_workers", num_workers)
         for key in ("pad_min_duration", "pad_direction"):
             if hasattr(override_config, key):
                 kwargs.setdefault(key, getattr(override_config, key))
@@ -168,22 +191,27 @@ def transcribe_request(*, batch_size: int, return_hypotheses: bool, channel_sele
                                   "at inference is not supported")
     if batch_size < 1:
         raise ValueError(f"transcribe: batch_size must be >= 1, got {batch_size}")
+    if num_workers is not None and num_workers < 0:
+        raise ValueError(f"transcribe: num_workers must be >= 0, got {num_workers}")
     return TranscribeRequest(batch_size=int(batch_size), return_hypotheses=bool(return_hypotheses),
                              channel_selector=channel_selector, verbose=bool(verbose), timestamps=bool(timestamps),
                              pad_min_duration=float(kwargs.get("pad_min_duration", 1.0)),
-                             pad_direction=str(kwargs.get("pad_direction", "both")))
+                             pad_direction=str(kwargs.get("pad_direction", "both")),
+                             num_workers=int(num_workers or 0))
 
 
 def transcribe_batches(audio: Any, request: TranscribeRequest, *, sample_rate: int
-                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The ``(signal [B, T], signal_len [B])`` batches of ``transcribe(audio)`` (a progress bar when verbose)."""
+                       ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """The ``(indices, signal [B, T], signal_len [B])`` batches of ``transcribe(audio)`` (see
+    :func:`iterate_batches`; a progress bar when verbose)."""
     from torch.utils.data import DataLoader
 
     sources = None if isinstance(audio, DataLoader) else collect_sources(
         audio, sample_rate=sample_rate, pad_min_duration=request.pad_min_duration,
         pad_direction=request.pad_direction)
     batches = iterate_batches(audio, sources, batch_size=request.batch_size, sample_rate=sample_rate,
-                              channel_selector=request.channel_selector)
+                              channel_selector=request.channel_selector, num_workers=request.num_workers,
+                              sort_by_length=request.sort_by_length)
     if request.verbose:
         from tqdm import tqdm
 

@@ -200,8 +200,11 @@ def build_dataloader(ds_cfg: Mapping[str, Any], tokenizer: Any = None, *, shuffl
     else:
         sampler = RandomBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=shuffle_seed,
                                      drop_last=drop_last, num_replicas=num_replicas, rank=rank)
+    workers = int(cfg.get("num_workers") or 0)
+    # Persistent workers: the loader processes survive from one epoch (and validation pass) to the next instead of
+    # being forked again each time (NeMo leaves torch's default, which restarts them).
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, collate_fn=partial(collate, pad_id=dataset.pad_id),
-        num_workers=int(cfg.get("num_workers") or 0), pin_memory=bool(cfg.get("pin_memory", False)),
+        num_workers=workers, pin_memory=bool(cfg.get("pin_memory", False)), persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(int(shuffle_seed)),
     )

@@ -17,7 +17,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nemofn.asr.configs.optim import validate_optim
-from nemofn.asr.data.audio import load_audio
+from nemofn.asr.data.audio import audio_info, load_audio
+from nemofn.asr.data.inference_batches import length_sorted_batches, pad_signals, prefetched_batches
 from nemofn.asr.data.dataset import build_dataloader
 from nemofn.asr.tokenizers import CharTokenizer, SentencePieceTokenizer
 from nemofn.core.schema import MISSING
@@ -57,15 +58,6 @@ def tokenizer_from_config(cfg: Mapping[str, Any]) -> CharTokenizer | SentencePie
     if not labels or labels == MISSING:
         raise ValueError("the model config has neither `labels` (char model) nor `tokenizer` (BPE model)")
     return CharTokenizer(list(labels))
-
-
-def pad_signals(signals: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mono float32 waveforms -> ``(signal [B, T_max], signal_len [B])``, right-padded with zeros."""
-    lengths = torch.tensor([len(s) for s in signals], dtype=torch.int64)
-    batch = torch.zeros(len(signals), int(lengths.max()) if len(signals) else 0)
-    for i, s in enumerate(signals):
-        batch[i, : len(s)] = torch.from_numpy(np.ascontiguousarray(s, dtype=np.float32))
-    return batch, lengths
 
 
 class ASRUnitMixin:
@@ -116,12 +108,21 @@ class ASRUnitMixin:
             return item.astype(np.float32).reshape(-1)
         return load_audio(item, sample_rate=self.sample_rate)
 
-    def audio_batches(self, audio: Sequence[AudioInput], batch_size: int, *, progress: bool = False):
-        """Yields ``(signal [B, T], signal_len [B])`` for consecutive slices of ``audio``."""
-        starts = range(0, len(audio), batch_size)
+    def audio_seconds(self, item: AudioInput) -> float:
+        """An input's length in seconds (a file's from its header, without reading the samples)."""
+        if isinstance(item, (torch.Tensor, np.ndarray)):
+            return item.shape[-1] / self.sample_rate if item.ndim else 0.0
+        return audio_info(item).duration
+
+    def audio_batches(self, audio: Sequence[AudioInput], batch_size: int, *, progress: bool = False,
+                      num_workers: int = 0):
+        """Yields ``(indices, signal [B, T], signal_len [B])``: the inputs grouped longest first (the fewest padded
+        frames), their audio read ahead in ``max(1, num_workers)`` threads; ``indices`` are positions in ``audio``.
+        """
+        groups = length_sorted_batches([self.audio_seconds(a) for a in audio], batch_size)
+        batches = prefetched_batches(groups, lambda i: self.load_audio(audio[i]), workers=num_workers)
         if progress:
             from tqdm import tqdm
 
-            starts = tqdm(starts, desc="Transcribing", unit="batch")
-        for start in starts:
-            yield pad_signals([self.load_audio(a) for a in audio[start:start + batch_size]])
+            batches = tqdm(batches, desc="Transcribing", unit="batch", total=len(groups))
+        yield from batches

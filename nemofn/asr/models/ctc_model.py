@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nemofn.asr.configs.models import validate_model_config
+from nemofn.asr.data.inference_batches import restore_order
 from nemofn.asr.decoding import CharDecoder, TokenizerDecoder
 from nemofn.asr.metrics import word_error_rate
 from nemofn.asr.models.asr_unit import AudioInput, ASRUnitMixin, pad_signals, tokenizer_from_config
@@ -128,21 +129,24 @@ class CTCModel(ASRUnitMixin):
         return self.text_decoder.decode(log_probs, lengths)
 
     def transcribe(self, state: ModelState, audio: Sequence[AudioInput], *, batch_size: int = 4,
-                   return_log_probs: bool = False, progress: bool = False):
-        """Texts for a list of audio files / arrays, in input order.
+                   return_log_probs: bool = False, progress: bool = False, num_workers: int = 0):
+        """Texts for a list of audio files / arrays, in input order (batched longest first, see
+        :meth:`audio_batches`; ``num_workers`` threads read audio ahead).
 
         Returns:
             ``list[str]``, or ``(texts, log_probs)`` with one ``[T', V+1]`` tensor per input when
             ``return_log_probs``.
         """
-        texts: list[str] = []
-        all_lp: list[torch.Tensor] = []
-        for signal, signal_len in self.audio_batches(audio, batch_size, progress=progress):
+        texts, all_lp = [], []
+        for indices, signal, signal_len in self.audio_batches(audio, batch_size, progress=progress,
+                                                              num_workers=num_workers):
             lp, lens = self.log_probs(state, signal, signal_len)
-            texts.extend(self.decode(lp, lens))
+            texts.append((indices, self.decode(lp, lens)))
             if return_log_probs:
-                all_lp.extend(lp[i, : int(n)].clone() for i, n in enumerate(lens.tolist()))
-        return (texts, all_lp) if return_log_probs else texts
+                lp = lp.cpu()  # one copy per batch (free on the CPU), as NeMo returns host log-probs
+                all_lp.append((indices, [lp[i, : int(n)].clone() for i, n in enumerate(lens.tolist())]))
+        texts = restore_order(texts, len(audio))
+        return (texts, restore_order(all_lp, len(audio))) if return_log_probs else texts
 
     def evaluate_wer(self, state: ModelState, loader: torch.utils.data.DataLoader, *, use_cer: bool = False
                      ) -> tuple[float, list[str], list[str]]:

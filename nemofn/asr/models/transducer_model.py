@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from nemofn.asr.configs.models import validate_model_config
 from nemofn.asr.configs.transducer import TRANSDUCER_SUPPORTED_STRATEGIES
 from nemofn.asr.decoding import CharDecoder, TokenizerDecoder
+from nemofn.asr.data.inference_batches import restore_order
 from nemofn.asr.metrics import word_error_rate
 from nemofn.asr.modules.registry import build_module
 from nemofn.asr.models.asr_unit import AudioInput, ASRUnitMixin, tokenizer_from_config
@@ -215,25 +216,27 @@ class TransducerModel(ASRUnitMixin):
         return self.text_decoder.ids_to_text([i for i in ids if i < self.blank_id])
 
     def transcribe(self, state: ModelState, audio: Sequence[AudioInput], *, batch_size: int = 4,
-                   return_hypotheses: bool = False, progress: bool = False):
-        """Texts for a list of audio files / arrays, in input order.
+                   return_hypotheses: bool = False, progress: bool = False, num_workers: int = 0):
+        """Texts for a list of audio files / arrays, in input order (batched longest first, see
+        :meth:`audio_batches`; ``num_workers`` threads read audio ahead).
 
         Returns:
             ``list[str]``, or ``(texts, hyps)`` with ``hyps`` a :class:`TransducerHyps` over all inputs when
             ``return_hypotheses``.
         """
-        texts: list[str] = []
-        parts: list[TransducerHyps] = []
-        for signal, signal_len in self.audio_batches(audio, batch_size, progress=progress):
-            hyps = self.greedy(state, *self.encode(state, signal, signal_len))
-            texts.extend(self.ids_to_text(t) for t in hyps.tokens)
-            parts.append(hyps)
+        parts = []
+        for indices, signal, signal_len in self.audio_batches(audio, batch_size, progress=progress,
+                                                              num_workers=num_workers):
+            parts.append((indices, self.greedy(state, *self.encode(state, signal, signal_len))))
+        texts = restore_order([(i, [self.ids_to_text(t) for t in h.tokens]) for i, h in parts], len(audio))
         if not return_hypotheses:
             return texts
-        merged = TransducerHyps(tokens=[t for h in parts for t in h.tokens],
-                                timestamps=[t for h in parts for t in h.timestamps],
-                                durations=[t for h in parts for t in h.durations],
-                                scores=[s for h in parts for s in h.scores])
+
+        def field(name: str) -> list:
+            return restore_order([(i, getattr(h, name)) for i, h in parts], len(audio))
+
+        merged = TransducerHyps(tokens=field("tokens"), timestamps=field("timestamps"), durations=field("durations"),
+                                scores=field("scores"))
         return texts, merged
 
     def evaluate_wer(self, state: ModelState, loader: torch.utils.data.DataLoader, *, use_cer: bool = False
