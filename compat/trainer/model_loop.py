@@ -6,15 +6,16 @@
 * :class:`TrainingStepObjective`: the loop's objective calls ``model.training_step(batch, batch_idx)`` and
   returns its loss (the loop does the backward pass, clipping and the update). The model computes with its own
   tensors, which are the very tensors the loop's Fabric module registered, so DDP averages their gradients.
-* :func:`run_evaluation`: one pass of ``validation_step`` / ``test_step`` over the loaders in eval mode, then the
-  epoch end; returns what the model logged, averaged over ranks. Submodule modes are restored afterwards, as
-  Lightning's evaluation loop does.
+* :func:`run_evaluation`: one pass of ``validation_step`` / ``test_step`` over the loaders in eval mode (batches
+  on Fabric's device, under its precision's autocast), then the epoch end; returns what the model logged,
+  averaged over ranks. Submodule modes are restored afterwards, as Lightning's evaluation loop does.
 * :class:`HookDispatcher`: the loop's callback. It keeps the trainer's counters, calls the model's hooks
   (``on_train_start``, ``on_train_batch_start``, ...), the trainer's Lightning callbacks, and the loggers.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -96,8 +97,11 @@ def run_evaluation(model: Any, loaders: Sequence[Any], limit: int | float | None
     modes = _capture_modes(model)
     model.eval()
     model.pop_logged()
+    # Lightning runs validation and test steps under the precision plugin's autocast too (bf16-mixed: the same
+    # lower-precision matmuls as the training forward); training steps get it from Fabric's module wrapper.
+    autocast = fabric.autocast() if fabric is not None else contextlib.nullcontext()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             for dl_idx, loader in enumerate(loaders):
                 total = limited_batches(len(loader), limit, f"limit_{'val' if stage == 'validate' else 'test'}"
                                                             "_batches")

@@ -344,7 +344,7 @@ class Trainer:
         training = model.training
         model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self._fabric.autocast():  # Lightning predicts under the precision's autocast
                 for dl_idx, loader in enumerate(loaders):
                     for batch_idx, batch in enumerate(loader):
                         batch = self._fabric.to_device(batch)

@@ -123,17 +123,21 @@ def prepare_transducer_batch(
             raise ValueError(f"{name}: {key} must be [B={batch}], got shape {tuple(value.shape)}")
     if acts.dtype in (torch.float16, torch.bfloat16):
         acts = acts.float()
-    targets = targets.long()
+    targets = targets.long().to(acts.device)
     input_lengths = input_lengths.long().to(acts.device)
     target_lengths = target_lengths.long().to(acts.device)
     if batch == 0:
         raise ValueError(f"{name}: empty batch")
-    max_t = int(input_lengths.max())
-    max_u = int(target_lengths.max())
-    if int(input_lengths.min()) < 1:
+    # Every value the checks and the trimming need comes back to the host in one read (one sync on a GPU).
+    valid = torch.arange(targets.shape[1], device=acts.device)[None, :] < target_lengths[:, None]
+    bad = valid & ((targets < 0) | (targets >= num_label_classes) | (targets == blank))
+    max_t, max_u, min_t, min_u, any_bad = torch.stack([
+        input_lengths.max(), target_lengths.max(), input_lengths.min(), target_lengths.min(),
+        bad.any().long()]).tolist()
+    if min_t < 1:
         raise ValueError(f"{name}: every input length must be >= 1 (a transducer path needs a frame), got "
                          f"{input_lengths.tolist()}")
-    if int(target_lengths.min()) < 0:
+    if min_u < 0:
         raise ValueError(f"{name}: target lengths must be >= 0, got {target_lengths.tolist()}")
     if max_t > acts.shape[1]:
         raise ValueError(f"{name}: max(input_lengths) = {max_t} exceeds the {acts.shape[1]} frames of acts "
@@ -145,14 +149,12 @@ def prepare_transducer_batch(
         raise ValueError(f"{name}: max(target_lengths) = {max_u} exceeds targets.shape[1] = {targets.shape[1]}")
     if acts.shape[-1] < num_label_classes:
         raise ValueError(f"{name}: acts have {acts.shape[-1]} classes, need at least {num_label_classes}")
-    acts = acts[:, :max_t, : max_u + 1]
-    targets = targets[:, :max_u].to(acts.device)
-    valid = torch.arange(max_u, device=acts.device)[None, :] < target_lengths[:, None]
-    targets = torch.where(valid, targets, torch.zeros_like(targets))
-    bad = valid & ((targets < 0) | (targets >= num_label_classes) | (targets == blank))
-    if bool(bad.any()):
+    if any_bad:
         raise ValueError(f"{name}: target ids must lie in [0, {num_label_classes}) and differ from the blank id "
                          f"{blank}; got {sorted(set(targets[bad].tolist()))}")
+    acts = acts[:, :max_t, : max_u + 1]
+    targets = targets[:, :max_u]
+    targets = torch.where(valid[:, :max_u], targets, torch.zeros_like(targets))
     return acts, targets, input_lengths, target_lengths
 
 

@@ -73,6 +73,14 @@ def _logsumexp0(x: torch.Tensor) -> torch.Tensor:
     return x.sub_(m).exp_().sum(0).log_().add_(m)
 
 
+def _frame_rows(max_t: int, offsets: Sequence[int], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """``max_t`` index rows ``[t + o for o in offsets]`` (``[len(offsets)]`` int64 each), made on ``device``.
+
+    Built from ``arange`` on the device: a host tensor copied there would cost a stream sync per call on CUDA.
+    """
+    return torch.stack([torch.arange(o, o + max_t, device=device) for o in offsets], dim=1).unbind(0)
+
+
 # --------------------------------------------------------------------------------------------------- the lattice
 # Shifted variables as in rnnt_loss: with S(t, u) the exclusive cumsum over u of the duration-0 token arc weights,
 # a(t, u) = alpha(t, u) - S(t, u) and b(t, u) = beta(t, u) + S(t, u). An arc from (t, u) to (t + d, u') then has
@@ -114,7 +122,7 @@ def _tdt_forward(k, input_lengths, target_lengths, durations):
     aa = k.new_full((max_d + max_t, 2, batch, u1), _NEG_INF)
     aa[max_d, 0] = 0.0
     aa[max_d, 1, :, 1:] = 0.0
-    rows = (max_d + torch.arange(max_t)[:, None] - torch.tensor(nonzero)[None, :]).to(k.device).unbind(0)
+    rows = _frame_rows(max_t, [max_d - d for d in nonzero], k.device)
     k_dest = k_dest.view(max_t, 2 * n, batch, u1).unbind(0)
     for t in range(1, max_t):
         x = aa.index_select(0, rows[t]).view(2 * n, batch, u1).add_(k_dest[t])
@@ -149,7 +157,7 @@ def _tdt_occupancies(a, k, ll, input_lengths, target_lengths, durations, fastemi
     final[input_lengths, batch_idx, target_lengths] = 0.0
     bb = a.new_full((max_t + max_d, 2, batch, u1), _NEG_INF)
     bb[:, 0] = final
-    rows = (torch.arange(max_t)[:, None] + torch.tensor(nonzero)[None, :]).to(a.device).unbind(0)
+    rows = _frame_rows(max_t, list(nonzero), a.device)
     k_src = k.view(max_t, 2 * n, batch, u1).unbind(0)
     for t in range(max_t - 1, -1, -1):
         x = bb.index_select(0, rows[t]).view(2 * n, batch, u1).add_(k_src[t])
@@ -263,7 +271,7 @@ def tdt_loss(
     acts, targets, input_lengths, target_lengths = prepare_transducer_batch(
         acts, targets, input_lengths, target_lengths, num_label_classes=blank + 1, blank=blank, name="tdt_loss")
     if coin is None and omega > 0.0:
-        coin = float(torch.rand(()))
+        coin = float(torch.rand((), device="cpu"))  # a host draw (CPU generator): no device sync
     if coin is not None and coin < omega:
         per_utt = rnnt_per_utterance(acts[..., : blank + 1], targets, input_lengths, target_lengths, blank=blank,
                                      fastemit_lambda=fastemit_lambda, clamp=clamp, clamp_after_scale=False)

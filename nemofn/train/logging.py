@@ -47,16 +47,21 @@ def _next_version(run_dir: Path) -> int:
 
 
 def to_floats(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """Reads metric tensors back to the host (one sync) as floats; floats pass through."""
+    """Reads metric tensors back to the host (one sync per device they are on) as floats; floats pass through."""
     # A DTensor (a grad norm under FSDP2) is materialised with ``full_tensor()``, a collective: every rank must call
     # this at the same points, as the loop does.
     tensors = {k: v.full_tensor() if hasattr(v, "full_tensor") else v
                for k, v in metrics.items() if isinstance(v, torch.Tensor)}
     out = {k: float(v) for k, v in metrics.items() if not isinstance(v, torch.Tensor)}
-    if tensors:
-        stacked = torch.stack([t.detach().float().reshape(()) for t in tensors.values()]).cpu().tolist()
-        out.update(zip(tensors.keys(), stacked))
-    return out
+    # One read per device: a step's metrics may mix device tensors with host ones (a model's training_step that
+    # logs torch.tensor(...)), and torch.stack refuses tensors of different devices.
+    by_device: dict[torch.device, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        by_device.setdefault(v.device, {})[k] = v
+    for group in by_device.values():
+        stacked = torch.stack([t.detach().float().reshape(()) for t in group.values()]).cpu().tolist()
+        out.update(zip(group.keys(), stacked))
+    return {k: out[k] for k in metrics if k in out}
 
 
 class ProgressBar:

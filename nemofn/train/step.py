@@ -9,6 +9,9 @@ place with the lr ``cfg.schedule(state.step)``. It returns a new state and consu
 Frozen parameters (``requires_grad=False``, e.g. after ``model.encoder.freeze()`` in compat) get no gradient, are
 left out of clipping and of the optimizer update (:func:`nemofn.optim.masked.masked_update`), and stay unchanged.
 
+Batches are moved to the state's device first (tensors inside tuples, lists and dicts; a no-op for batches a Fabric
+loader already moved), so a state on ``cuda`` takes host batches as they come from a ``DataLoader``.
+
 Without Fabric (``runtime=None``) the objective is called directly on the state's trees. With a
 :class:`~nemofn.train.adapter.FabricRuntime` it goes through the Fabric-wrapped :class:`TreeModule` (DDP hooks,
 autocast), ``fabric.backward`` (GradScaler for ``16-mixed``), ``fabric.no_backward_sync`` on all micro-batches
@@ -30,6 +33,7 @@ from nemofn.core.tree import tree_copy_
 from nemofn.optim.clip import clip_by_global_norm, global_norm
 from nemofn.optim.masked import masked_update
 from nemofn.train.adapter import collect_grads, trainable_indices
+from nemofn.train.data import to_device
 from nemofn.train.objective import Objective, SupervisedObjective
 from nemofn.train.step_config import MicroBatches, StepConfig
 
@@ -46,6 +50,7 @@ def _batchnorm_sync(cfg: StepConfig) -> contextlib.AbstractContextManager:
 
 def _forward(state: TrainState, cfg: StepConfig, runtime: Any, batch: Any, *, train: bool) -> tuple:
     rng = state.rng if train else None
+    batch = to_device(batch, state.model.device)  # a no-op for batches a Fabric loader already moved
     with _batchnorm_sync(cfg) if train else contextlib.nullcontext():
         if runtime is None:
             out = cfg.objective_fn(state.model.params, state.model.buffers, batch, train=train, rng=rng)

@@ -184,7 +184,7 @@ class AudioToMelSpectrogramPreprocessor(Module):
     @property
     def max_length(self) -> int:
         """Frame count ``pad_to='max'`` pads to (16.7 s of audio, as NeMo's ``FilterbankFeatures``)."""
-        samples = torch.tensor(MAX_DURATION_S * self.sample_rate, dtype=torch.float64)
+        samples = torch.tensor(MAX_DURATION_S * self.sample_rate, dtype=torch.float64, device="cpu")  # a host size
         return int(self.get_seq_len(samples))
 
     def get_seq_len(self, length: torch.Tensor) -> torch.Tensor:
@@ -252,6 +252,7 @@ class AudioToMelSpectrogramPreprocessor(Module):
         """
         featurizer = buffers["featurizer"]
         x = signal.to(torch.float32)
+        length = length.to(x.device)  # lengths often stay on the host; the masks below are made on x's device
         out_len = self.get_seq_len(length)
 
         if self.exact_pad:
