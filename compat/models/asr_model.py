@@ -15,6 +15,7 @@ import attrs
 import torch
 
 from compat.core.classes.modelpt import ModelPT
+from compat.models import encoder_changes
 from nemofn.nn.module import Module
 
 __all__ = ["ASRModel"]
@@ -63,6 +64,29 @@ class ASRModel(ModelPT):
             self._bind_state(self.fn_state)
             return
         super().__setattr__(name, value)
+
+    # -- long audio: NeMo's ASRModuleMixin encoder changes (compat/models/encoder_changes.py) ------------------
+
+    def change_attention_model(self, self_attention_model: str | None = None, att_context_size: Any = None,
+                               update_config: bool = True) -> None:
+        """Switches the encoder's self-attention: ``"rel_pos"``, ``"rel_pos_local_attn"`` (local attention over
+        ``att_context_size = [left, right]`` frames, linear in the audio length: for long audio) or ``"abs_pos"``.
+        Weights are kept; with ``update_config`` ``cfg.encoder`` gets the new values. Encoders other than
+        Conformers: logged, nothing changes. See :mod:`compat.models.encoder_changes`."""
+        if self_attention_model is None and att_context_size is None:
+            return
+        encoder_changes.change_attention_model(self, self_attention_model, att_context_size, update_config)
+
+    def change_subsampling_conv_chunking_factor(self, subsampling_conv_chunking_factor: int,
+                                                update_config: bool = True) -> None:
+        """How the encoder's conv subsampling chunks long inputs: ``1`` auto, ``-1`` never, a power of 2 always
+        (that many time chunks); the outputs do not change. See :mod:`compat.models.encoder_changes`."""
+        encoder_changes.change_subsampling_conv_chunking_factor(self, subsampling_conv_chunking_factor,
+                                                                update_config)
+
+    def _bind_state(self, state: Any) -> None:
+        super()._bind_state(state)
+        encoder_changes.install_encoder_face(self)  # model.encoder.change_attention_model(...), as in NeMo
 
     def _epoch_end_metrics(self, outputs: list[dict], prefix: str) -> dict[str, Any]:
         """Mean ``<prefix>_loss`` (and any other ``<prefix>_*_loss``) over batches; every WER from summed counts

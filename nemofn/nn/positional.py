@@ -1,4 +1,5 @@
-"""Sinusoidal positional encodings: absolute (Transformer) and relative (Transformer-XL), as NeMo's.
+"""Sinusoidal positional encodings: absolute (Transformer), relative (Transformer-XL) and relative over a fixed
+local window (Longformer-style local attention), as NeMo's.
 
 NeMo keeps the sinusoid table in a non-persistent ``pe`` buffer that grows with the longest input seen. The
 values of a row depend only on its position, never on the table size, so here the rows an input needs are
@@ -16,7 +17,7 @@ import torch
 from nemofn.nn.dropout import Dropout
 from nemofn.nn.module import Module, Scope
 
-__all__ = ["sinusoid_table", "PositionalEncoding", "RelPositionalEncoding"]
+__all__ = ["sinusoid_table", "PositionalEncoding", "RelPositionalEncoding", "LocalAttRelPositionalEncoding"]
 
 _LOG_TIMESCALE = math.log(10000.0)
 
@@ -107,6 +108,34 @@ class RelPositionalEncoding(PositionalEncoding):
         """``[2L-1]`` float32 positions ``L-1 .. -(L-1)`` where ``L = length + cache_len``."""
         total = length + cache_len
         return torch.arange(total - 1, -total, -1, dtype=torch.float32, device=device)
+
+    def _combine(self, x: torch.Tensor, pos_emb: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@attrs.frozen
+class LocalAttRelPositionalEncoding(PositionalEncoding):
+    """Relative encoding for local (sliding-window) attention, NeMo's ``LocalAttRelPositionalEncoding``: scales
+    ``x`` and returns the encodings of the ``left + right + 1`` relative positions ``left, left-1, ..., -right``
+    (positive = key to the left of the query), whatever the input length.
+
+    ``att_context_size`` is ``(left, right)`` in frames, both ``>= 0`` (keyword-only). ``cache_len`` has no
+    effect: the window does not depend on the input. Like the relative encoding, ``x`` is not added to the
+    encoding (:class:`~nemofn.nn.local_attention.RelPositionLocalMultiHeadAttention` projects ``pos_emb``).
+    """
+
+    att_context_size: tuple[int, int] = attrs.field(kw_only=True, converter=tuple)
+
+    def __attrs_post_init__(self):
+        super().__attrs_post_init__()
+        if len(self.att_context_size) != 2 or min(self.att_context_size) < 0:
+            raise ValueError(f"LocalAttRelPositionalEncoding: att_context_size must be [left, right] with both "
+                             f">= 0, got {list(self.att_context_size)}")
+
+    def positions(self, length: int, cache_len: int, device: torch.device) -> torch.Tensor:
+        """``[left + right + 1]`` float32 positions ``left .. -right`` (independent of the input length)."""
+        left, right = self.att_context_size
+        return torch.arange(left, -right - 1, -1, dtype=torch.float32, device=device)
 
     def _combine(self, x: torch.Tensor, pos_emb: torch.Tensor) -> torch.Tensor:
         return x

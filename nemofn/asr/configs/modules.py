@@ -145,13 +145,13 @@ class ConformerEncoderConfig:
     causal_downsampling: bool = False
     subsampling: Optional[str] = "striding"
     subsampling_factor: int = 4
-    subsampling_conv_chunking_factor: int = 1
+    subsampling_conv_chunking_factor: int = 1  # 1 auto, -1 never, a power of 2 n: n time chunks
     subsampling_conv_channels: int = -1
     reduction: Optional[str] = None
     reduction_position: Optional[int] = None
     reduction_factor: int = 1
     ff_expansion_factor: int = 4
-    self_attention_model: str = "rel_pos"
+    self_attention_model: str = "rel_pos"  # rel_pos, rel_pos_local_attn (long audio; needs att_context_size), abs_pos
     n_heads: int = 4
     att_context_size: Optional[List[Any]] = None  # [left, right], or a list of such pairs
     att_context_probs: Optional[List[float]] = None
@@ -172,7 +172,7 @@ class ConformerEncoderConfig:
     stochastic_depth_drop_prob: float = 0.0
     stochastic_depth_mode: str = "linear"
     stochastic_depth_start_layer: int = 1
-    global_tokens: int = 0
+    global_tokens: int = 0  # global_*: rel_pos_local_attn only
     global_tokens_spacing: int = 1
     global_attn_separate: bool = False
     use_pytorch_sdpa: bool = False

@@ -32,9 +32,10 @@ from nemofn.nn.attention import MultiHeadAttention, RelPositionMultiHeadAttentio
 from nemofn.nn.conv import Conv1d
 from nemofn.nn.dropout import Dropout
 from nemofn.nn.linear import Linear
+from nemofn.nn.local_attention import RelPositionLocalMultiHeadAttention
 from nemofn.nn.module import Module, Scope, init_children
 from nemofn.nn.norm import BatchNorm1d, GroupNorm, LayerNorm
-from nemofn.nn.positional import PositionalEncoding, RelPositionalEncoding
+from nemofn.nn.positional import LocalAttRelPositionalEncoding, PositionalEncoding, RelPositionalEncoding
 
 __all__ = ["ConformerFeedForward", "ConformerConvolution", "ConformerLayer", "ConformerEncoder"]
 
@@ -169,9 +170,11 @@ class ConformerConvolution(Module):
 class ConformerLayer(Module):
     """One Conformer block; ``[B, T, d_model] -> [B, T, d_model]``.
 
-    ``self_attention_model``: ``rel_pos`` (Transformer-XL attention, needs ``pos_emb``) or ``abs_pos``.
-    ``own_pos_bias=False`` (NeMo's ``untie_biases=False``) leaves ``pos_bias_u/v`` out of ``init`` and takes
-    them as ``apply`` arguments.
+    ``self_attention_model``: ``rel_pos`` (Transformer-XL attention, needs ``pos_emb``), ``rel_pos_local_attn``
+    (the same over an ``att_context_size = (left, right)`` window, linear in ``T``; needs ``pos_emb`` from
+    ``LocalAttRelPositionalEncoding``; ``global_tokens*`` as NeMo's) or ``abs_pos``. ``own_pos_bias=False``
+    (NeMo's ``untie_biases=False``) leaves ``pos_bias_u/v`` out of ``init`` and takes them as ``apply``
+    arguments (``rel_pos`` only: NeMo's local attention always owns them).
     """
 
     d_model: int
@@ -187,13 +190,18 @@ class ConformerLayer(Module):
     use_bias: bool = True
     use_pytorch_sdpa: bool = False
     own_pos_bias: bool = True
+    att_context_size: tuple[int, int] | None = attrs.field(default=None, kw_only=True, converter=lambda v: None
+                                                           if v is None else tuple(v))
+    global_tokens: int = attrs.field(default=0, kw_only=True)
+    global_tokens_spacing: int = attrs.field(default=1, kw_only=True)
+    global_attn_separate: bool = attrs.field(default=False, kw_only=True)
     _children: dict = attrs.field(init=False, eq=False, repr=False)
     _dropout: Dropout = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self):
-        if self.self_attention_model not in ("rel_pos", "abs_pos"):
-            raise NotImplementedError(f"self_attention_model={self.self_attention_model!r}: only 'rel_pos' and "
-                                      f"'abs_pos' are implemented")
+        if self.self_attention_model not in ("rel_pos", "rel_pos_local_attn", "abs_pos"):
+            raise ValueError(f"self_attention_model={self.self_attention_model!r} is not valid; use 'rel_pos', "
+                             f"'rel_pos_local_attn' or 'abs_pos'")
         ff = ConformerFeedForward(self.d_model, self.d_ff, self.dropout, self.use_bias)
         norm = LayerNorm(self.d_model)
         # NeMo's registration order (it is the state-dict and parameter order).
@@ -209,6 +217,14 @@ class ConformerLayer(Module):
         object.__setattr__(self, "_dropout", Dropout(self.dropout))
 
     def _attention(self) -> MultiHeadAttention:
+        if self.self_attention_model == "rel_pos_local_attn":
+            if self.att_context_size is None:
+                raise ValueError("ConformerLayer: rel_pos_local_attn needs att_context_size (left, right)")
+            # NeMo's layer builds its local attention without use_pytorch_sdpa, and with its own pos biases
+            return RelPositionLocalMultiHeadAttention(
+                self.n_heads, self.d_model, self.dropout_att, self.use_bias, False, own_pos_bias=True,
+                att_context_size=self.att_context_size, global_tokens=self.global_tokens,
+                global_tokens_spacing=self.global_tokens_spacing, global_attn_separate=self.global_attn_separate)
         if self.self_attention_model == "rel_pos":
             return RelPositionMultiHeadAttention(self.n_heads, self.d_model, self.dropout_att, self.use_bias,
                                                  self.use_pytorch_sdpa, own_pos_bias=self.own_pos_bias)
@@ -226,8 +242,9 @@ class ConformerLayer(Module):
               pos_bias_v=None, train=False, rng=None):
         """Args:
             x: ``[B, T, d_model]``.
-            att_mask: ``[B, T, T]`` bool, True = not allowed (or None).
-            pos_emb: ``[1, 2T-1, d_model]`` for ``rel_pos``.
+            att_mask: ``[B, T, T]`` bool, True = not allowed (or None); unused by ``rel_pos_local_attn``.
+            pos_emb: ``[1, 2T-1, d_model]`` for ``rel_pos``, ``[1, left+right+1, d_model]`` for
+                ``rel_pos_local_attn``.
             pad_mask: ``[B, T]`` bool, True on padded frames (or None).
             pos_bias_u, pos_bias_v: shared ``[H, d_k]`` biases when ``own_pos_bias`` is False.
 
@@ -244,6 +261,8 @@ class ConformerLayer(Module):
         if self.self_attention_model == "rel_pos":
             x = s(c["self_attn"], "self_attn", x, x, x, att_mask, pos_emb, pos_bias_u=pos_bias_u,
                   pos_bias_v=pos_bias_v)
+        elif self.self_attention_model == "rel_pos_local_attn":
+            x = s(c["self_attn"], "self_attn", x, x, x, pad_mask, pos_emb)
         else:
             x = s(c["self_attn"], "self_attn", x, x, x, att_mask)
         residual = residual + s(drop, "dropout", x)
@@ -275,14 +294,24 @@ class ConformerEncoder(Module):
 
     Takes NeMo's constructor arguments with NeMo's defaults (``from_config`` takes the config's ``encoder:``
     block). Implemented: ``striding`` / ``dw_striding`` / ``stacking`` / ``stacking_norm`` subsampling (and
-    none), ``causal_downsampling``, ``rel_pos`` and ``abs_pos`` attention, ``untie_biases``, ``xscaling``,
-    a single ``att_context_size`` with ``regular`` or ``chunked_limited`` style, ``conv_context_size``,
-    all ``conv_norm_type`` values, ``reduction``, ``feat_out``, stochastic depth, ``use_pytorch_sdpa``.
-    ``rel_pos_local_attn``, several ``att_context_size`` choices, ``chunked_limited_with_rc`` /
-    ``att_chunk_context_size`` and ``conv_context_style="dcc"`` raise NotImplementedError. ``pos_emb_max_len``,
-    ``sync_max_audio_length``, ``use_pytorch_sdpa_backends`` and ``global_*`` are accepted and have no effect
-    (the encodings are computed per input; the SDPA backend choice does not change the result; global tokens
-    only apply to local attention).
+    none; ``subsampling_conv_chunking_factor`` bounds the conv subsampling's memory on long inputs, see
+    :class:`~nemofn.asr.modules.subsampling.ConvSubsampling`), ``causal_downsampling``, ``rel_pos``, ``abs_pos``
+    and ``rel_pos_local_attn`` attention, ``untie_biases``, ``xscaling``, a single ``att_context_size`` with
+    ``regular`` or ``chunked_limited`` style, ``conv_context_size``, all ``conv_norm_type`` values,
+    ``reduction``, ``feat_out``, stochastic depth, ``use_pytorch_sdpa``.
+
+    ``rel_pos_local_attn`` (NeMo's Longformer-style local attention, for long audio): each frame attends to
+    ``att_context_size = [left, right]`` frames around it (both ``>= 0``, one ``> 0``); time and memory are
+    linear in ``T`` and no ``[T, T]`` mask is built. As in NeMo, every layer then owns its ``pos_bias_u/v`` (also
+    with ``untie_biases=False``), the positional encoding's dropout is ``dropout`` (not ``dropout_pre_encoder``),
+    ``att_context_style`` does not change the masks, ``use_pytorch_sdpa`` is not used by the attention, and
+    ``global_tokens`` / ``global_tokens_spacing`` / ``global_attn_separate`` add NeMo's global tokens. See
+    :mod:`nemofn.nn.local_attention` for NeMo's positional term when ``left != right``.
+
+    Several ``att_context_size`` choices, ``chunked_limited_with_rc`` / ``att_chunk_context_size`` and
+    ``conv_context_style="dcc"`` raise NotImplementedError. ``pos_emb_max_len``, ``sync_max_audio_length`` and
+    ``use_pytorch_sdpa_backends`` are accepted and have no effect (the encodings are computed per input; the SDPA
+    backend choice does not change the result); ``global_*`` only apply to ``rel_pos_local_attn``.
 
     ``feat_out`` (property) is the output size; the constructor argument ``feat_out`` is stored as
     ``requested_feat_out``.
@@ -334,11 +363,9 @@ class ConformerEncoder(Module):
     _derived: dict = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self):
-        if self.self_attention_model == "rel_pos_local_attn":
-            raise NotImplementedError("self_attention_model='rel_pos_local_attn' (Longformer-style local attention) "
-                                      "is not implemented; use 'rel_pos' or 'abs_pos'")
-        if self.self_attention_model not in ("rel_pos", "abs_pos"):
-            raise ValueError(f"Not valid self_attention_model: {self.self_attention_model!r}")
+        if self.self_attention_model not in ("rel_pos", "rel_pos_local_attn", "abs_pos"):
+            raise ValueError(f"Not valid self_attention_model: {self.self_attention_model!r}; use 'rel_pos', "
+                             f"'rel_pos_local_attn' or 'abs_pos'")
         if self.conv_context_style != "regular":
             raise NotImplementedError(f"conv_context_style={self.conv_context_style!r} is not implemented; "
                                       f"use 'regular'")
@@ -351,6 +378,13 @@ class ConformerEncoder(Module):
             raise ValueError(f"reduction_position={self.reduction_position} must be in [-1, {self.n_layers})")
         derived = {"att_context": self._calc_att_context(), "conv_context": self._calc_conv_context(),
                    "layer_drop_probs": self._calc_layer_drop_probs()}
+        if self.is_local_attention:
+            left, right = derived["att_context"]
+            if max(left, right) <= 0 or min(left, right) < 0:
+                raise ValueError(f"When using local attention, context size must be set > 0: "
+                                 f"self_attention_model='rel_pos_local_attn' needs att_context_size [left, right] "
+                                 f"with both >= 0 and one > 0 (frames after subsampling, e.g. [128, 128]), got "
+                                 f"{[left, right]}")
         object.__setattr__(self, "_derived", derived)
         derived.update(pre_encode=self._build_pre_encode(), pos_enc=self._build_pos_enc(), layer=self._build_layer(),
                        reduction=SubsamplingReductionModule(self.reduction, self.d_model, self.reduction_factor)
@@ -362,6 +396,11 @@ class ConformerEncoder(Module):
     def feat_out(self) -> int:
         """Size of the encoded features (``d_model`` unless ``feat_out`` asked for an ``out_proj``)."""
         return self.requested_feat_out if self._has_out_proj else self.d_model
+
+    @property
+    def is_local_attention(self) -> bool:
+        """True for ``rel_pos_local_attn`` (no ``[T, T]`` attention mask; linear in ``T``)."""
+        return self.self_attention_model == "rel_pos_local_attn"
 
     @property
     def _has_out_proj(self) -> bool:
@@ -448,6 +487,9 @@ class ConformerEncoder(Module):
 
     def _build_pos_enc(self) -> PositionalEncoding:
         xscale = math.sqrt(self.d_model) if self.xscaling else None
+        if self.is_local_attention:  # NeMo gives this encoding `dropout`, not `dropout_pre_encoder`
+            return LocalAttRelPositionalEncoding(self.d_model, self.dropout, self.pos_emb_max_len, xscale,
+                                                 self.dropout_emb, att_context_size=self.att_context)
         if self.self_attention_model == "rel_pos":
             return RelPositionalEncoding(self.d_model, self.dropout_pre_encoder, self.pos_emb_max_len, xscale,
                                          self.dropout_emb)
@@ -457,7 +499,10 @@ class ConformerEncoder(Module):
         return ConformerLayer(
             self.d_model, self.d_model * self.ff_expansion_factor, self.self_attention_model, self.n_heads,
             self.conv_kernel_size, self.conv_norm_type, self.conv_context, self.dropout, self.dropout_att,
-            self.use_bias, self.use_pytorch_sdpa, own_pos_bias=self.untie_biases,
+            self.use_bias, self.use_pytorch_sdpa, own_pos_bias=self.untie_biases or self.is_local_attention,
+            att_context_size=self.att_context if self.is_local_attention else None,
+            global_tokens=self.global_tokens, global_tokens_spacing=self.global_tokens_spacing,
+            global_attn_separate=self.global_attn_separate,
         )
 
     @property
@@ -519,9 +564,13 @@ class ConformerEncoder(Module):
         mask = ones.triu(diagonal=-left) if left >= 0 else ones
         return mask.tril(diagonal=right) if right >= 0 else mask
 
-    def masks(self, lengths: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(pad_mask [B, T], att_mask [B, T, T])``, both True where masked (NeMo's convention)."""
+    def masks(self, lengths: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(pad_mask [B, T], att_mask [B, T, T])``, both True where masked (NeMo's convention).
+
+        With ``rel_pos_local_attn`` ``att_mask`` is None (the local attention only needs ``pad_mask``)."""
         valid = torch.arange(t, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
+        if self.is_local_attention:
+            return ~valid, None
         allowed = valid.unsqueeze(1) & valid.unsqueeze(2)
         context = self._context_mask(t, lengths.device)
         if context is not None:

@@ -10,6 +10,20 @@ divisions, ``(len + pad_left + pad_right - 3) // 2 + 1`` per stage, returned as 
 Keys (NeMo's, index gaps where the ReLUs sit): ``striding`` has ``conv.0, conv.2, ...`` (one 3x3 conv per
 stage); ``dw_striding`` has ``conv.0`` (1 -> C, 3x3) then, per later stage, a depthwise 3x3 conv at
 ``conv.{3i+2}`` and a pointwise 1x1 conv at ``conv.{3i+3}``; both end with ``out.{weight,bias}``.
+
+**Long inputs.** The convs' activations are ``[B, C, T/2, F/2]`` floats: about 7 GB for one 60-minute file with
+``C = 256``. ``ConvSubsampling`` can therefore run in *time chunks*: each chunk of output frames is computed from
+the input frames it depends on (its receptive field, with the conv padding rows and the length masks of the
+whole input at their global positions), so the result is the unchunked one (equal to float rounding) while only
+one chunk's activations exist at a time. ``subsampling_conv_chunking_factor`` chooses, with NeMo's values:
+
+* ``1`` (default, NeMo's "auto"): outside training, chunk when the largest conv activation of the batch would
+  exceed ``auto_chunk_bytes`` (128 MiB), into chunks below it. (NeMo's auto mode splits by batch, or for one
+  long file by channel, only past the 2**31-element indexing limit of CUDA convs; here the aim is bounded memory
+  on the CPU.) While training the activations are kept for the backward pass anyway, so no chunking.
+* ``-1`` (NeMo's "disabled"): never chunk.
+* a power of 2 ``cf > 1`` (NeMo: always split into ``cf`` parts by batch, else by channel): always split the
+  time axis into ``cf`` chunks, in training too.
 """
 
 from __future__ import annotations
@@ -25,7 +39,7 @@ from nemofn.nn.linear import Linear
 from nemofn.nn.module import Module, Scope, init_children
 from nemofn.nn.norm import LayerNorm
 
-__all__ = ["calc_length", "ConvSubsampling", "StackingSubsampling", "SubsamplingReductionModule"]
+__all__ = ["calc_length", "check_chunking_factor", "ConvSubsampling", "StackingSubsampling", "SubsamplingReductionModule"]
 
 _KERNEL = 3
 _STRIDE = 2
@@ -56,13 +70,20 @@ def _calc_length_int(length: int, all_paddings: int, kernel_size: int, stride: i
     return length
 
 
-def _check_chunking_factor(value: int) -> None:
-    if value != -1 and value != 1 and value % 2 != 0:
-        raise ValueError(f"subsampling_conv_chunking_factor should be -1, 1, or a power of 2, got {value}")
-    if value not in (-1, 1):
-        raise NotImplementedError(
-            f"subsampling_conv_chunking_factor={value}: forced chunking of the subsampling convs is not "
-            f"implemented (it only trades memory for speed; the result is the same): use 1 or -1")
+def check_chunking_factor(value: int) -> None:
+    """``subsampling_conv_chunking_factor`` must be -1, 1 or a power of 2 (NeMo's check lets any even number
+    through; a positive one works here too, as that many chunks)."""
+    valid = isinstance(value, int) and not isinstance(value, bool) and (value in (-1, 1) or
+                                                                        (value > 1 and value % 2 == 0))
+    if not valid:
+        raise ValueError(f"subsampling_conv_chunking_factor should be -1, 1, or a power of 2, got {value!r}")
+
+
+def _chunk_bounds(total: int, pieces: int) -> list[tuple[int, int]]:
+    """``pieces`` (at most ``total``) contiguous, near-equal ``[start, end)`` ranges covering ``range(total)``."""
+    pieces = max(1, min(pieces, total))
+    edges = [total * i // pieces for i in range(pieces + 1)]
+    return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
 
 
 @attrs.frozen
@@ -76,8 +97,11 @@ class ConvSubsampling(Module):
         feat_in: feature count ``F`` of the input ``[B, T, F]``.
         feat_out: output size (the encoder's ``d_model``).
         conv_channels: channels ``C`` of the convs.
-        subsampling_conv_chunking_factor: 1 or -1 (no forced chunking); other values raise.
+        subsampling_conv_chunking_factor: 1 (auto), -1 (never) or a power of 2 (always, that many time chunks);
+            see the module docstring. The result does not depend on it.
         is_causal: NeMo's ``causal_downsampling``: pad ``(2, 1)`` on both axes instead of ``(1, 1)``.
+        auto_chunk_bytes: keyword-only; the activation size above which the auto mode chunks (and the most a
+            chunk's largest activation takes).
 
     Params: see the module docstring. No buffers.
     """
@@ -89,10 +113,13 @@ class ConvSubsampling(Module):
     conv_channels: int
     subsampling_conv_chunking_factor: int = 1
     is_causal: bool = False
+    auto_chunk_bytes: int = attrs.field(default=128 * 2**20, kw_only=True)
 
-    # (name, conv, strided, relu_after) per conv and the output projection; built once here, because
-    # constructing modules inside `apply` would break torch.compile's graph.
+    # (name, conv, strided, relu_after) per conv (and the same convs without time padding, for time chunks) and
+    # the output projection; built once here, because constructing modules inside `apply` would break
+    # torch.compile's graph.
     _layers: tuple = attrs.field(init=False, eq=False, repr=False)
+    _chunk_layers: tuple = attrs.field(init=False, eq=False, repr=False)
     _out: Linear = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self):
@@ -105,8 +132,11 @@ class ConvSubsampling(Module):
         f = self.subsampling_factor
         if f < 2 or f & (f - 1):
             raise ValueError(f"ConvSubsampling: subsampling_factor must be a power of 2 >= 2, got {f}")
-        _check_chunking_factor(self.subsampling_conv_chunking_factor)
+        check_chunking_factor(self.subsampling_conv_chunking_factor)
         object.__setattr__(self, "_layers", self._build_layers())
+        object.__setattr__(self, "_chunk_layers", tuple(
+            (name, conv.replace(padding=(0, conv.padding[1])) if strided else conv, strided, relu)
+            for name, conv, strided, relu in self._layers))
         object.__setattr__(self, "_out", Linear(self.conv_channels * self.freq_out, self.feat_out))
 
     @property
@@ -144,6 +174,30 @@ class ConvSubsampling(Module):
         params["conv"] = conv_params
         return params, {}
 
+    def time_sizes(self, t: int) -> list[int]:
+        """Frames at the input and after each stride-2 stage, for an input of ``t`` frames."""
+        sizes = [t]
+        for _ in range(self.num_stages):
+            sizes.append((sizes[-1] + sum(self.padding) - _KERNEL) // _STRIDE + 1)
+        return sizes
+
+    def num_time_chunks(self, x_shape: tuple[int, ...], *, train: bool = False, itemsize: int = 4) -> int:
+        """How many time chunks ``apply`` uses for an input of shape ``[B, T, feat_in]`` (1 = unchunked)."""
+        factor = self.subsampling_conv_chunking_factor
+        b, t = x_shape[0], x_shape[1]
+        t_out = self.time_sizes(t)[-1]
+        if factor == -1 or t_out < 2 or (factor == 1 and train):
+            return 1
+        if factor > 1:
+            return min(factor, t_out)
+        # the largest activation is the first stage's output [B, C, T1, F1]
+        t1 = self.time_sizes(t)[1]
+        f1 = _calc_length_int(self.feat_in, sum(self.padding), _KERNEL, _STRIDE, 1)
+        total = b * self.conv_channels * t1 * f1 * itemsize
+        if total <= self.auto_chunk_bytes:
+            return 1
+        return min(t_out, -(-total // self.auto_chunk_bytes))
+
     def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """``[B]`` int64 lengths after subsampling (same arithmetic as ``apply``)."""
         cur = lengths.to(torch.float32)
@@ -162,9 +216,12 @@ class ConvSubsampling(Module):
             ``((y [B, T', feat_out], out_lengths [B] int64), buffers)``.
         """
         conv_params = params["conv"]
+        cur = lengths.to(device=x.device, dtype=torch.float32)
+        chunks = self.num_time_chunks(tuple(x.shape), train=train, itemsize=x.element_size())
+        if chunks > 1:
+            return self._apply_chunked(params, x, cur, chunks), buffers
         # [B, 1, T, F] in channels-last memory: oneDNN's NHWC kernels run these convs 3-4x faster on the CPU
         x = x.unsqueeze(1).contiguous(memory_format=torch.channels_last)
-        cur = lengths.to(device=x.device, dtype=torch.float32)
         mask = _time_mask(x, cur)
         left, right = self.padding
         for name, conv, strided, relu_after in self._layers:
@@ -182,11 +239,62 @@ class ConvSubsampling(Module):
         y, _ = self._out.apply(params["out"], {}, x.transpose(1, 2).reshape(b, t, c * f))
         return (y, cur.to(torch.int64)), buffers
 
+    def _stage_lengths(self, lengths: torch.Tensor) -> list[torch.Tensor]:
+        """Valid frames (float, as ``apply`` tracks them) at the input and after each stage."""
+        left, right = self.padding
+        out = [lengths]
+        for _ in range(self.num_stages):
+            out.append(torch.div(out[-1] + (left + right - _KERNEL), _STRIDE, rounding_mode="floor") + 1)
+        return out
 
-def _time_mask(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """``[B, 1, T, 1]`` float mask, 1 for frames ``< lengths`` (truncated to int like NeMo)."""
-    steps = torch.arange(x.shape[2], device=x.device)
-    keep = steps.unsqueeze(0) < lengths.to(torch.int64).unsqueeze(1)
+    def _apply_chunked(self, params, x: torch.Tensor, lengths: torch.Tensor, chunks: int):
+        """``apply`` over ``chunks`` time chunks of the output; same result as the unchunked computation.
+
+        For output frames ``[j0, j1)`` the stage-``s`` input rows ``[2a - left, 2(b-1) - left + 3)`` of each stage's
+        output rows ``[a, b)`` are computed, back to the input features; rows outside ``[0, length)`` of their stage
+        are zeroed by the length masks at their global positions, which is what the conv padding and NeMo's masks
+        give the unchunked computation.
+        """
+        conv_params = params["conv"]
+        b, t, _ = x.shape
+        left, right = self.padding
+        stage_lengths = [n.to(torch.int64) for n in self._stage_lengths(lengths)]
+        t_out = self.time_sizes(t)[-1]
+        y = x.new_empty(b, t_out, self.feat_out)
+        for j0, j1 in _chunk_bounds(t_out, chunks):
+            starts = [j0]
+            end = j1
+            for _ in range(self.num_stages):  # rows each stage's input needs, back to the features
+                starts.append(_STRIDE * starts[-1] - left)
+                end = _STRIDE * (end - 1) - left + _KERNEL
+            starts.reverse()
+            a0 = starts[0]
+            xi = x[:, max(a0, 0): min(end, t)]
+            xi = F.pad(xi, (0, 0, max(0, -a0), max(0, end - t)))
+            xi = xi.unsqueeze(1).contiguous(memory_format=torch.channels_last)
+            stage = 0
+            mask = _time_mask(xi, stage_lengths[0], start=a0)
+            for name, conv, strided, relu_after in self._chunk_layers:
+                xi = xi * mask
+                if strided and self.is_causal:
+                    xi = F.pad(xi, (left, right))  # frequency only: the time rows are already in place
+                xi, _ = conv.apply(conv_params[name], {}, xi)
+                if strided:
+                    stage += 1
+                    mask = _time_mask(xi, stage_lengths[stage], start=starts[stage])
+                if relu_after:
+                    xi = F.relu(xi)
+            xi = xi * mask
+            _, c, n, f = xi.shape
+            y[:, j0:j1], _ = self._out.apply(params["out"], {}, xi.transpose(1, 2).reshape(b, n, c * f))
+        return y, stage_lengths[-1]
+
+
+def _time_mask(x: torch.Tensor, lengths: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """``[B, 1, T, 1]`` float mask, 1 for frames whose global index ``start + i`` is in ``[0, lengths)``
+    (lengths truncated to int like NeMo)."""
+    steps = torch.arange(start, start + x.shape[2], device=x.device)
+    keep = (steps.unsqueeze(0) < lengths.to(torch.int64).unsqueeze(1)) & (steps >= 0).unsqueeze(0)
     return keep.to(x.dtype)[:, None, :, None]
 
 

@@ -117,7 +117,6 @@ def test_from_config_drops_target_and_names_unknown_keys():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(self_attention_model="rel_pos_local_attn", att_context_size=[8, 8]), "rel_pos_local_attn"),
     (dict(att_context_size=[[-1, -1], [8, 0]]), "several context sizes"),
     (dict(conv_context_style="dcc"), "dcc"),
     (dict(att_context_style="chunked_limited_with_rc"), "chunked_limited_with_rc"),

@@ -112,8 +112,6 @@ def test_unsupported_options_raise_with_reasons():
         ConvSubsampling("bogus", 4, 80, 64, 64)
     with pytest.raises(ValueError, match="power of 2"):
         ConvSubsampling("striding", 6, 80, 64, 64)
-    with pytest.raises(NotImplementedError, match="chunking"):
-        ConvSubsampling("striding", 4, 80, 64, 64, subsampling_conv_chunking_factor=4)
     with pytest.raises(ValueError, match="chunking_factor"):
         ConvSubsampling("striding", 4, 80, 64, 64, subsampling_conv_chunking_factor=3)
     ConvSubsampling("striding", 4, 80, 64, 64, subsampling_conv_chunking_factor=-1)
