@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from nemofn.core.rng import as_key
 from nemofn.nn.init import check_init_mode, torch_default_weight_and_bias
+from nemofn.nn.lengths import all_full_length
 from nemofn.nn.module import Module
 
 __all__ = ["Conv1d", "Conv2d", "MaskedConv1d", "conv1d", "get_same_padding", "conv_out_length"]
@@ -291,7 +292,7 @@ class MaskedConv1d(Module):
 
     def apply(self, params, buffers, x, lengths, *, train=False, rng=None):
         """x: ``[B, C_in, T]``, lengths: ``[B]`` int -> ``((y [B, C_out, T'], out_lengths [B]), buffers)``."""
-        if self.use_mask:
+        if self.use_mask and not all_full_length(lengths, x.shape[-1]):
             steps = torch.arange(x.shape[-1], device=x.device)
             mask = steps.unsqueeze(0) < lengths.to(x.device).unsqueeze(1)  # [B, T]
             x = x * mask.unsqueeze(1)

@@ -136,7 +136,8 @@ def train(task: dict) -> None:
             self.starts.append(time.perf_counter())
 
     clock = StepClock()
-    trainer = Trainer(accelerator="cpu", devices=1, max_steps=warmup + steps, max_epochs=-1, precision=32,
+    trainer = Trainer(accelerator="cpu", devices=1, max_steps=warmup + steps, max_epochs=-1,
+                      precision=task.get("precision", 32),
                       logger=False, enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0,
                       enable_progress_bar=False, enable_model_summary=False,
                       log_every_n_steps=int(cfg.trainer.get("log_every_n_steps", 50)), callbacks=[clock])

@@ -50,6 +50,10 @@ def prefetched_batches(batches: Sequence[Sequence[int]], load: Callable[[int], n
                        ahead: int = 2) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
     """Yields ``(indices, signal [B, T_max], signal_len [B])`` per batch, loading up to ``ahead`` batches ahead.
 
+    Only the file reads run in the threads; padding (torch ops) stays on the calling thread: torch ops from a second
+    thread start a second OpenMP team, and on a small machine the two teams spin against each other (measured: 2x
+    slower at batch 1 on 2 cores).
+
     Args:
         batches: input indices per batch (from :func:`length_sorted_batches`, or in order).
         load: reads input ``i`` as mono float32 samples; its exceptions reach the caller at that batch.

@@ -31,6 +31,7 @@ from nemofn.core.schema import module_kwargs
 from nemofn.nn.attention import MultiHeadAttention, RelPositionMultiHeadAttention
 from nemofn.nn.conv import Conv1d
 from nemofn.nn.dropout import Dropout
+from nemofn.nn.lengths import all_full_length
 from nemofn.nn.linear import Linear
 from nemofn.nn.local_attention import RelPositionLocalMultiHeadAttention
 from nemofn.nn.module import Module, Scope, init_children
@@ -567,7 +568,13 @@ class ConformerEncoder(Module):
     def masks(self, lengths: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(pad_mask [B, T], att_mask [B, T, T])``, both True where masked (NeMo's convention).
 
-        With ``rel_pos_local_attn`` ``att_mask`` is None (the local attention only needs ``pad_mask``)."""
+        With ``rel_pos_local_attn`` ``att_mask`` is None (the local attention only needs ``pad_mask``). Without any
+        padding (every length is ``T``: a single utterance, or equal lengths; checked where the lengths live on the
+        CPU, where reading them is free) ``pad_mask`` is None and ``att_mask`` only holds the attention context
+        (``[1, T, T]``, or None when unlimited): masking nothing gives the same result, minus the mask work."""
+        if not self.is_local_attention and all_full_length(lengths, t):
+            context = self._context_mask(t, lengths.device)
+            return None, None if context is None else ~context.unsqueeze(0)
         valid = torch.arange(t, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
         if self.is_local_attention:
             return ~valid, None
