@@ -15,11 +15,46 @@ from __future__ import annotations
 
 import attrs
 import torch
-import torch.nn.functional as F
 
 __all__ = ["CTC_REDUCTIONS", "ctc_loss", "CTCLoss"]
 
 CTC_REDUCTIONS = ("mean_batch", "mean_volume", "mean", "sum", "none")
+
+
+# torch.compile cannot trace F.ctc_loss (its ATen kernel's output shape depends on the data), which broke compiling
+# a whole CTC train step. The same two ATen kernels, wrapped as one opaque custom op with their own backward, trace
+# fine; eager results are the same kernels' (the tests compare values and gradients with F.ctc_loss).
+@torch.library.custom_op("nemofn::ctc_losses", mutates_args=())
+def _ctc_losses(log_probs: torch.Tensor, targets: torch.Tensor, input_lengths: torch.Tensor,
+                target_lengths: torch.Tensor, blank: int, zero_infinity: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-utterance CTC losses of time-first ``log_probs [T, B, C]`` (``inf`` where no alignment exists; the
+    caller zeroes them with ``zero_infinity``, the backward then gives those rows zero gradients) and ATen's
+    ``log_alpha`` (for backward)."""
+    nll, log_alpha = torch.ops.aten._ctc_loss.Tensor(log_probs, targets, input_lengths, target_lengths, blank,
+                                                     zero_infinity)
+    return nll, log_alpha
+
+
+@_ctc_losses.register_fake
+def _(log_probs, targets, input_lengths, target_lengths, blank, zero_infinity):
+    t, b = log_probs.shape[:2]
+    return log_probs.new_empty(b), log_probs.new_empty(b, t, 2 * targets.shape[-1] + 1)
+
+
+def _ctc_losses_setup(ctx, inputs, output):
+    log_probs, targets, input_lengths, target_lengths, blank, zero_infinity = inputs
+    ctx.save_for_backward(log_probs, targets, input_lengths, target_lengths, *output)
+    ctx.blank, ctx.zero_infinity = blank, zero_infinity
+
+
+def _ctc_losses_backward(ctx, grad_nll, _grad_alpha):
+    log_probs, targets, input_lengths, target_lengths, nll, log_alpha = ctx.saved_tensors
+    grad = torch.ops.aten._ctc_loss_backward.Tensor(grad_nll, log_probs, targets, input_lengths, target_lengths, nll,
+                                                    log_alpha, ctx.blank, ctx.zero_infinity)
+    return grad, None, None, None, None, None
+
+
+_ctc_losses.register_autograd(_ctc_losses_backward, setup_context=_ctc_losses_setup)
 
 
 def _check_reduction(reduction: str) -> None:
@@ -56,16 +91,14 @@ def ctc_loss(
     if blank is None:
         blank = log_probs.shape[-1] - 1
     target_lengths = target_lengths.long()
-    torch_reduction = reduction if reduction in ("mean", "sum", "none") else "none"
-    losses = F.ctc_loss(
-        log_probs.transpose(0, 1),
-        targets.long(),
-        input_lengths.long(),
-        target_lengths,
-        blank=blank,
-        reduction=torch_reduction,
-        zero_infinity=zero_infinity,
-    )
+    losses, _ = _ctc_losses(log_probs.transpose(0, 1), targets.long(), input_lengths.long(), target_lengths, blank,
+                            zero_infinity)
+    if zero_infinity:
+        losses = torch.where(torch.isposinf(losses), torch.zeros_like(losses), losses)
+    if reduction == "mean":  # torch's: each loss over its target length (at least 1), then the batch mean
+        return (losses / target_lengths.clamp(min=1).to(losses.dtype)).mean()
+    if reduction == "sum":
+        return losses.sum()
     if reduction == "mean_batch":
         return losses.mean()
     if reduction == "mean_volume":

@@ -92,3 +92,33 @@ def test_gradient_flows_and_int32_inputs_are_accepted():
     loss.backward()
     assert logits.grad is not None and torch.isfinite(logits.grad).all()
     assert logits.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("reduction", ["mean_batch", "mean_volume", "mean", "sum", "none"])
+def test_custom_op_equals_torch_ctc_loss_values_and_gradients(reduction):
+    # the loss runs ATen's kernels through an opaque custom op (so torch.compile can trace a train step):
+    # bit-equal to F.ctc_loss, including an utterance with no valid alignment (zeroed, zero gradient)
+    gen = torch.Generator().manual_seed(0)
+    b, t, c, s = 4, 50, 20, 12
+    lp = torch.randn(b, t, c, generator=gen).log_softmax(-1).requires_grad_()
+    targets = torch.randint(0, c - 1, (b, s), generator=gen)
+    in_len, tgt_len = torch.tensor([50, 40, 30, 5]), torch.tensor([12, 10, 7, 9])
+    ours = ctc_loss(lp, targets, in_len, tgt_len, reduction=reduction)
+    ref = torch.nn.functional.ctc_loss(lp.transpose(0, 1), targets, in_len, tgt_len, blank=c - 1,
+                                       reduction=reduction if reduction in ("mean", "sum", "none") else "none",
+                                       zero_infinity=True)
+    ref = {"mean_batch": ref.mean(), "mean_volume": ref.sum() / tgt_len.sum()}.get(reduction, ref)
+    assert torch.equal(ours, ref)
+    (g_ours,) = torch.autograd.grad(ours.sum(), lp)
+    (g_ref,) = torch.autograd.grad(ref.sum(), lp)
+    assert torch.equal(g_ours, g_ref)
+    assert float(g_ours[3].abs().sum()) == 0.0  # the infeasible utterance
+
+
+def test_ctc_loss_traces_under_torch_compile_without_graph_breaks():
+    gen = torch.Generator().manual_seed(1)
+    lp = torch.randn(2, 30, 8, generator=gen).log_softmax(-1)
+    targets = torch.randint(0, 7, (2, 6), generator=gen)
+    lengths = (torch.tensor([30, 21]), torch.tensor([6, 4]))
+    compiled = torch.compile(ctc_loss, fullgraph=True, backend="aot_eager")
+    assert torch.equal(compiled(lp, targets, *lengths), ctc_loss(lp, targets, *lengths))
