@@ -91,6 +91,8 @@ def ctc_loss(
     if blank is None:
         blank = log_probs.shape[-1] - 1
     target_lengths = target_lengths.long()
+    if log_probs.dtype not in (torch.float32, torch.float64):
+        log_probs = log_probs.float()  # as autocast runs F.ctc_loss: in float32 (no bf16/fp16 CTC kernels)
     losses, _ = _ctc_losses(log_probs.transpose(0, 1), targets.long(), input_lengths.long(), target_lengths, blank,
                             zero_infinity)
     if zero_infinity:

@@ -24,6 +24,8 @@ Figures (``--only`` picks some):
   attention) and with the same change. A run is stopped when its RSS passes ``--rss-limit-gb`` or it takes longer
   than ``--long-timeout``.
 * ``cold``: a fresh process that imports, restores a ``.nemo`` and transcribes one file (wall time).
+* ``bf16``: nemofn alone, bf16 against fp32 on this CPU: transcription under bf16 autocast (RTFx and the change of
+  test WER, Conformer-CTC and FastConformer-TDT) and ``precision=bf16-mixed`` training (Conformer demo).
 * ``footprint``: install footprint (``footprint.py``); ``ceiling``: the matmul ceiling and the useful FLOP/s of a
   training step (``ceiling.py``).
 
@@ -37,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -49,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT.parent / "shared" / "reference" / "nemo3"
 WORKER = Path(__file__).resolve().parent / "vs_nemo_worker.py"
 PREFIX = "@@bench "
-FIGURES = ("transcribe", "train", "long", "cold", "footprint", "ceiling")
+FIGURES = ("transcribe", "train", "long", "cold", "footprint", "ceiling", "bf16")
 
 sys.path.insert(0, str(ROOT / "scripts" / "data"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -122,11 +125,19 @@ def run_worker(python: str, task: dict, *, timeout: float = 1800.0, rss_limit_mb
         return Measured(None, wall, peak, stopped)
     answers = [line[len(PREFIX):] for line in out if line.startswith(PREFIX)]
     if proc.returncode != 0 or not answers:
-        tail = "".join(err)[-1500:].strip().splitlines()
-        reason = next((line for line in reversed(tail) if "Error" in line or "error" in line), tail[-1] if tail else "")
-        return Measured(None, wall, peak, f"failed: {reason[:200]}")
+        return Measured(None, wall, peak, _failure("".join(err)))
     answer = json.loads(answers[-1])
     return Measured(answer, wall, max(peak, answer.get("peak_rss_mb", 0.0)))
+
+
+def _failure(stderr: str) -> str:
+    """A short reason from a failed worker's stderr (an allocation failure becomes "out of memory")."""
+    oom = re.search(r"can't allocate memory: you tried to allocate (\d+) bytes", stderr)
+    if oom:
+        return f"out of memory (one allocation of {int(oom.group(1)) / 1e9:.1f} GB)"
+    tail = stderr[-1500:].strip().splitlines()
+    reason = next((line for line in reversed(tail) if "Error" in line or "error" in line), tail[-1] if tail else "")
+    return f"failed: {reason[:200]}"
 
 
 def nemo_available(python: str | None) -> str | None:
@@ -357,6 +368,36 @@ def figure_ceiling(inputs: Inputs, table: Table, threads: int) -> None:
                        f"({r['flops'] / 1e9:.1f} GFLOP in {r['step_s'] * 1e3:.0f} ms)", "", "", ">= 60%")
 
 
+def figure_bf16(inputs: Inputs, rounds: int, table: Table, steps: int) -> None:
+    from nemofn.asr.metrics import word_error_rate
+
+    python = sys.executable
+    refs = [e["text"] for e in inputs.test]
+    for name, reference, config, model_class in (TRANSCRIBE_MODELS[0], TRANSCRIBE_MODELS[2]):
+        nemo_path = inputs.nemo_file(reference, config, model_class)
+        print(f"bf16 transcribe {name}", file=sys.stderr)
+        runs = alternate({"fp32": python, "bf16": python}, rounds, lambda s: {
+            "task": "transcribe", "system": "nemofn", "nemo": nemo_path, "files": inputs.test_files,
+            "seconds": inputs.test_seconds, "batch": 16, "threads": inputs.threads,
+            "autocast": "bfloat16" if s == "bf16" else None})
+        wer = {s: next((100 * word_error_rate(m.answer["texts"], refs) for m in r if m.answer), None)
+               for s, r in runs.items()}
+        note = "" if None in wer.values() else f" (test WER {wer['bf16']:.2f}% vs {wer['fp32']:.2f}%)"
+        table.add(f"nemofn bf16 autocast vs fp32: transcribe RTFx, {name}, batch 16{note}",
+                  median_of(runs["bf16"], "rtfx"), median_of(runs["fp32"], "rtfx"), "{:.0f}",
+                  higher_is_better=True, target="(NeMo column: nemofn fp32)")
+    print("bf16 train", file=sys.stderr)
+    name, config, model_class, overrides, batch = TRAIN_CONFIGS[1]
+    runs = alternate({"fp32": python, "bf16": python}, rounds, lambda s: {
+        "task": "train", "system": "nemofn", "config": str(ROOT / "configs" / "asr" / config),
+        "model_class": model_class, "train_manifest": inputs.train_manifest, "tokenizer_dir": inputs.tokenizer_dir,
+        "batch": batch, "warmup": 3, "steps": steps, "overrides": overrides, "threads": inputs.threads,
+        "precision": "bf16-mixed" if s == "bf16" else 32})
+    table.add(f"nemofn bf16-mixed vs fp32: train throughput, {name} (utt/s)", median_of(runs["bf16"], "utt_per_s"),
+              median_of(runs["fp32"], "utt_per_s"), "{:.1f}", higher_is_better=True,
+              target="(NeMo column: nemofn fp32)")
+
+
 def machine_line(threads: int) -> str:
     flags = set()
     model = platform.processor()
@@ -413,6 +454,8 @@ def main() -> None:
         figure_footprint(systems, table)
     if "ceiling" in only:
         figure_ceiling(inputs, table, args.threads)
+    if "bf16" in only:
+        figure_bf16(inputs, args.rounds, table, args.train_steps)
     text = (f"{started}, {machine_line(args.threads)}, torch threads {args.threads}, {args.rounds} rounds\n"
             f"command: python scripts/bench/vs_nemo.py {' '.join(sys.argv[1:])}\n\n{table.markdown()}\n")
     print(text)

@@ -10,10 +10,11 @@ Tasks (keys of the JSON argument):
 
 * ``transcribe``: ``nemo`` (a ``.nemo``), ``files`` (audio paths), ``seconds`` (their total duration), ``batch``;
   optional ``attention`` (``[model, [left, right]]`` for ``change_attention_model``) and ``chunking`` (for
-  ``change_subsampling_conv_chunking_factor``). Restores, transcribes the first ``batch`` files once (warm-up), then
+  ``change_subsampling_conv_chunking_factor``), ``autocast`` (a dtype name: transcribe under CPU autocast, as
+  ``transcribe_speech.py``'s ``compute_dtype`` does). Restores, transcribes the first ``batch`` files once (warm-up), then
   times ``transcribe(files, batch_size=batch)``. Answers the seconds, RTFx, texts and peak RSS.
 * ``train``: ``config`` (a NeMo-layout YAML), ``model_class``, ``train_manifest``, ``tokenizer_dir`` (BPE), ``batch``,
-  ``warmup``, ``steps``, ``overrides`` (dotted keys). Builds the model from the config and trains it with the
+  ``warmup``, ``steps``, ``overrides`` (dotted keys), ``precision`` (the Trainer's; default 32). Builds the model from the config and trains it with the
   system's Trainer (Lightning's for NeMo, ``compat.Trainer`` for nemofn) for ``warmup + steps`` steps on the
   manifest in file order (no shuffling, so both systems see the same batches), no validation, no checkpoints, no
   logger. Times the steps after the warm-up from a callback. Answers utterances/s, audio seconds/s, peak RSS.
@@ -74,7 +75,13 @@ def transcribe(task: dict) -> None:
     if task.get("warmup", True):
         model.transcribe(files[:batch], batch_size=batch, verbose=False)
     start = time.perf_counter()
-    hyps = model.transcribe(files, batch_size=batch, verbose=False)
+    if task.get("autocast"):  # what transcribe_speech.py's compute_dtype / amp do
+        import torch
+
+        with torch.autocast("cpu", dtype=getattr(torch, task["autocast"])):
+            hyps = model.transcribe(files, batch_size=batch, verbose=False)
+    else:
+        hyps = model.transcribe(files, batch_size=batch, verbose=False)
     seconds = time.perf_counter() - start
     _answer(seconds=seconds, rtfx=task["seconds"] / seconds, texts=_texts(hyps))
 

@@ -122,3 +122,13 @@ def test_ctc_loss_traces_under_torch_compile_without_graph_breaks():
     lengths = (torch.tensor([30, 21]), torch.tensor([6, 4]))
     compiled = torch.compile(ctc_loss, fullgraph=True, backend="aot_eager")
     assert torch.equal(compiled(lp, targets, *lengths), ctc_loss(lp, targets, *lengths))
+
+
+def test_ctc_loss_of_bf16_log_probs_runs_in_float32_as_under_autocast():
+    gen = torch.Generator().manual_seed(2)
+    lp = torch.randn(2, 30, 8, generator=gen).log_softmax(-1).bfloat16()
+    targets = torch.randint(0, 7, (2, 6), generator=gen)
+    lengths = (torch.tensor([30, 21]), torch.tensor([6, 4]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = ctc_loss(lp, targets, *lengths)
+    assert loss.dtype == torch.float32 and torch.equal(loss, ctc_loss(lp.float(), targets, *lengths))
