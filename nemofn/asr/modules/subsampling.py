@@ -294,10 +294,11 @@ class ConvSubsampling(Module):
 
 def _zero_past_lengths_(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Zeroes, in place, the frames of ``x [B, C, T, F]`` (a conv's fresh output: autograd does not need it) at
-    or past each item's length (truncated to int). Without autograd on the CPU only the padded rows are written
-    (lengths are read on the host, which costs nothing there); otherwise one mask multiply does it (in-place writes
-    into slices would make autograd copy the whole gradient once per slice)."""
-    if x.device.type != "cpu" or torch.compiler.is_compiling() or (torch.is_grad_enabled() and x.requires_grad):
+    or past each item's length (truncated to int). In inference on the CPU only the padded rows are written
+    (lengths are read on the host, which costs nothing there); otherwise one mask multiply does it (no host read in a
+    training or evaluation step; in-place writes into slices would make autograd copy the whole gradient once per
+    slice)."""
+    if torch.compiler.is_compiling() or x.device.type != "cpu" or not torch.is_inference_mode_enabled():
         return x.mul_(_time_mask(x, lengths))
     t = x.shape[2]
     for i, n in enumerate(lengths.to(torch.int64).tolist()):
