@@ -252,7 +252,9 @@ class Trainer:
             print(model.summarize())
         optimizer, schedule = model.configure_optimizers()
         self._objective = TrainingStepObjective(model)
+        # Like Lightning, no gradient norm without clipping: it would be an extra pass over every gradient per step.
         step = StepConfig(self._objective, optimizer, schedule, clip_grad_norm=self.gradient_clip_val,
+                          track_grad_norm=self.gradient_clip_val is not None,
                           sync_batchnorm=self.sync_batchnorm and self.world_size > 1)
         fit_cfg = FitConfig(**self._loop_options(), validate=self._validate, resume_from=ckpt_path or self.ckpt_path)
         call_callbacks(self, "setup", "fit")

@@ -82,9 +82,18 @@ def test_fit_runs_the_models_hooks_with_one_validation_forward_per_batch(corpus)
     val_batches = 2 * len(model.val_dataloader())  # two validations
     assert CountingModel.forwards == 6 + val_batches
     assert trainer.global_step == 6 and {"val_loss", "val_wer"} <= set(trainer.callback_metrics)
-    assert {"train_loss", "learning_rate", "loss", "lr", "grad_norm"} <= set(trainer.logged_metrics)
+    assert {"train_loss", "learning_rate", "loss", "lr"} <= set(trainer.logged_metrics)
+    assert "grad_norm" not in trainer.logged_metrics  # as Lightning: no norm pass without gradient_clip_val
     assert trainer.logged_metrics["learning_rate"] == pytest.approx(trainer.logged_metrics["lr"])
     assert model.training  # modes restored after validation
+
+
+def test_fit_with_gradient_clipping_logs_the_gradient_norm(corpus):
+    torch.manual_seed(0)
+    trainer = Trainer(max_steps=2, gradient_clip_val=1.0, **QUIET)
+    model = EncDecCTCModel(helpers.tiny_cfg(corpus["train"], corpus["val"]), trainer=trainer)
+    trainer.fit(model)
+    assert trainer.logged_metrics["grad_norm"] > 0
 
 
 class FrozenByStep(EncDecCTCModel, nemo_target="nemo.collections.asr.models.FrozenByStep"):
