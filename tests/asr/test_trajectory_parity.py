@@ -172,7 +172,9 @@ def trainer_stepper(setup: TrajectorySetup) -> TrajectoryRun:
             for key, values in record.items():
                 values.append(float(outputs[key]))
 
-    trainer = Trainer(max_steps=setup.max_steps, gradient_clip_val=setup.clip or 0.0, accelerator="cpu",
+    # Without clipping the trainer computes no gradient norm (as Lightning); an infinite clip value measures the norm
+    # and scales the gradients by exactly 1.
+    trainer = Trainer(max_steps=setup.max_steps, gradient_clip_val=setup.clip or float("inf"), accelerator="cpu",
                       logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                       num_sanity_val_steps=0, callbacks=[Recorder()])
     model = setup.model

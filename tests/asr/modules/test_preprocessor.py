@@ -297,3 +297,30 @@ def test_empty_and_one_frame_utterances_stay_finite(normalize):
     assert torch.all(x[1] == 0.0)  # nothing valid: all pad_value
     if normalize == "per_feature":
         assert torch.all(x[2, :, 0] == 0.0)  # one frame: (x - mean) / (0 + 1e-5) = 0, as NeMo
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"exact_pad": True}, {"n_window_size": 320, "window_size": None},
+                                    {"normalize": "all_features"}, {"frame_splicing": 3, "mag_power": 1.0},
+                                    {"log": False, "features": 80, "pad_to": 0}, {"window": "hamming", "dither": 0.0}])
+def test_long_inputs_are_featurised_in_chunks_with_the_same_result(kwargs, monkeypatch):
+    pre = AudioToMelSpectrogramPreprocessor(**kwargs)
+    params, buffers = pre.init()
+    gen = torch.Generator().manual_seed(0)
+    x = 0.1 * torch.randn(3, 16000 * 7 + 77, generator=gen)
+    lengths = torch.tensor([x.shape[1], 16000 * 5 + 123, 16000 * 2])
+    (whole, whole_len), _ = pre.apply(params, buffers, x, lengths)
+    calls = []
+    original = AudioToMelSpectrogramPreprocessor._mel
+
+    def counting(self, chunk, featurizer, *, center):
+        calls.append(chunk.shape[-1])
+        return original(self, chunk, featurizer, center=center)
+
+    monkeypatch.setattr(AudioToMelSpectrogramPreprocessor, "_mel", counting)
+    monkeypatch.setattr(AudioToMelSpectrogramPreprocessor, "chunk_frames", 100)
+    (chunked, chunked_len), _ = pre.apply(params, buffers, x, lengths)
+    assert len(calls) > 10  # it did run in chunks (of 33 frames here)
+    assert torch.equal(chunked, whole) and torch.equal(chunked_len, whole_len)
+    calls.clear()
+    pre.apply(params, buffers, x, lengths, train=True, rng=RngKey(0))  # never in training
+    assert len(calls) == 1
