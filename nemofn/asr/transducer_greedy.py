@@ -156,6 +156,8 @@ def label_looping_greedy(
     rows = torch.arange(batch, device=device)
     last_frame = (lengths - 1).clamp(min=0)
 
+    no_duration = torch.zeros(batch, dtype=torch.long, device=device)  # RNNT: never written to
+
     def evaluate(g: torch.Tensor, frame: torch.Tensor):
         """Joint at each row's (clamped) frame -> (output, best label, its value, its duration [B])."""
         out = joint(enc_proj[rows, torch.minimum(frame, last_frame)], g)
@@ -164,9 +166,9 @@ def label_looping_greedy(
         is_blank = labels == blank_id
         if tdt:
             dur = duration_values[out[:, -num_durations:].argmax(dim=-1)]
-            jump = torch.where(is_blank & (dur == 0), torch.ones_like(dur), dur)
+            jump = torch.where(is_blank & (dur == 0), 1, dur)
         else:
-            dur = torch.zeros_like(labels)
+            dur = no_duration
             jump = is_blank.long()
         return out, labels, values, dur, jump
 
@@ -188,7 +190,7 @@ def label_looping_greedy(
     while bool(active.any()):
         searching = active
         out, labels, values, dur, jump = evaluate(g, t)
-        token_frame = t.clone()
+        token_frame = t  # t is rebound below, never written in place
         if return_alignments:
             align_steps.append((searching, token_frame, out, labels))
         t = torch.where(searching, t + jump, t)
@@ -203,7 +205,7 @@ def label_looping_greedy(
             # (except when it records alignments).
             dur = more_dur if last_evaluation_durations else torch.where(advance, more_dur, dur)
             if return_alignments:
-                align_steps.append((advance, t.clone(), out, more_labels))
+                align_steps.append((advance, t, out, more_labels))
             t = torch.where(advance, t + more_jump, t)
             active = t < lengths
             advance = active & (labels == blank_id)
@@ -216,7 +218,7 @@ def label_looping_greedy(
         duration_steps.append(dur)
         total_score = torch.where(found, total_score + values, total_score)
         same_frame = found & (run_frame == token_frame)
-        run_count = torch.where(same_frame, run_count + 1, torch.where(found, torch.ones_like(run_count), run_count))
+        run_count = torch.where(same_frame, run_count + 1, torch.where(found, 1, run_count))
         run_frame = torch.where(found, token_frame, run_frame)
 
         # Feed the found tokens to the prediction network. A row without a token has run past its end and is never
