@@ -27,6 +27,7 @@ __all__ = [
     "TargetImportError",
     "BadOverrideError",
     "BadStateDictError",
+    "YamlBudgetError",
 ]
 
 
@@ -163,3 +164,12 @@ class BadStateDictError(NemoArchiveError, TypeError):
             f"and drop non-tensor entries."
         )
         self.key = key
+
+
+class YamlBudgetError(NemoArchiveError, ValueError):
+    """A YAML config whose aliases expand to too many nodes (a "billion laughs" file), or refer to themselves."""
+
+    def __init__(self, path: str, member: str, detail: str) -> None:
+        super().__init__(f"{path}: refusing to load {member}: {detail}. Nothing was built from it.")
+        self.path = path
+        self.member = member

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from compat.archive._common import MODEL_CONFIG_YAML, MODEL_WEIGHTS_CKPT, _upgrade_hydra0
 from compat.archive.tar import _extract, _list_folder
+from compat.archive.yaml_budget import check_yaml_budget
 from compat.artifacts import (
     ArtifactPathType,
     ArtifactSpec,
@@ -35,6 +36,7 @@ from compat.errors import (
     MissingWeightsError,
     NemoFileNotFoundError,
     UnsafeArchiveError,
+    YamlBudgetError,
 )
 
 if TYPE_CHECKING:
@@ -119,7 +121,10 @@ class NemoArchive:
         """The archive's own ``model_config.yaml``, freshly loaded (a new ``DictConfig`` on every call)."""
         file = self.member_path(self.config_name)
         try:
+            check_yaml_budget(file, source=self.source, member=self.config_name)
             conf = OmegaConf.load(file)
+        except YamlBudgetError:
+            raise
         except OSError as exc:
             raise CorruptArchiveError(self.source, f"{self.config_name} could not be read: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 - yaml.YAMLError and OmegaConf errors share no base class
@@ -291,7 +296,10 @@ def apply_override(config: DictConfig | None, override: Any = None) -> DictConfi
         if not os.path.isfile(file):
             raise BadOverrideError(file, "no such file")
         try:
+            check_yaml_budget(file, source=file, member="the override config")
             conf = OmegaConf.load(file)
+        except YamlBudgetError:
+            raise
         except Exception as exc:  # noqa: BLE001 - yaml and OmegaConf raise unrelated types
             raise BadOverrideError(file, f"it is not valid YAML: {exc}") from exc
     elif isinstance(override, DictConfig):

@@ -126,6 +126,11 @@ def load_audio(path: str | os.PathLike, *, sample_rate: int, offset: float = 0.0
                                "libsndfile reads (wav, flac, ogg)") from None
     if samples.shape[0] == 0:
         raise AudioError(path, f"no samples in the requested range (offset {offset} s, duration {duration} s)")
+    if samples.dtype.kind == "f" and not np.isfinite(samples).all():
+        bad = int(np.flatnonzero(~np.isfinite(samples).all(axis=1))[0])
+        raise AudioError(path, f"holds NaN or Inf samples (the first at sample {start + bad}, "
+                               f"{(start + bad) / file_rate:.3f} s); fix or drop the file (a non-finite sample "
+                               "would turn every weight into NaN in training)")
     if int_values:
         samples = samples.astype(np.float32) * np.float32(1.0 / 2**31)
     mono = select_channels(samples, channel_selector, path=path)

@@ -112,3 +112,17 @@ def test_empty_file_and_empty_range(tmp_path):
     _ramp_wav(tmp_path / "a.wav")
     with pytest.raises(AudioError, match="past the end"):
         load_audio(tmp_path / "a.wav", sample_rate=16000, offset=2.0)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_samples_are_an_audio_error_naming_the_file_and_the_sample(tmp_path, bad):
+    data = np.zeros(16000, dtype=np.float32)
+    data[12345] = bad
+    path = tmp_path / "bad.wav"
+    sf.write(path, data, 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match=r"bad\.wav: holds NaN or Inf samples \(the first at sample 12345, 0\.772 s\)"):
+        load_audio(path, sample_rate=16000)
+    # a range that avoids the bad sample reads fine; one that contains it names its position in the file
+    assert load_audio(path, sample_rate=16000, duration=0.5).shape == (8000,)
+    with pytest.raises(AudioError, match="the first at sample 12345"):
+        load_audio(path, sample_rate=16000, offset=0.5)
