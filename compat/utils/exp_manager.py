@@ -32,6 +32,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from nemofn.train.checkpoint import latest_good_checkpoint
+
 __all__ = ["exp_manager", "ExpManagerConfig", "CallbackParams", "NotFoundError", "LoggerMisconfigurationError",
            "CheckpointMisconfigurationError", "get_log_dir"]
 
@@ -127,7 +129,16 @@ def _find_resume_checkpoint(ckpt_dir: Path, resume_past_end: bool, ignore_missin
         # complete (written atomically), and the newer one is the run's latest state.
         log.warning("exp_manager: several *last.ckpt in %s (%s): resuming from the newest, %s", ckpt_dir,
                     [p.name for p in last], last[-1].name)
-    return ended[0] if ended else last[-1]
+    if ended:
+        return ended[0]
+    # A damaged newest checkpoint (truncated by a full disk, say) falls back to the newest readable one, with a warning
+    # naming it: the *last.ckpt files newest first, then every other checkpoint newest first.
+    others = sorted((p for p in ckpt_dir.glob("*.ckpt") if p not in last), key=lambda p: p.stat().st_mtime)
+    good = latest_good_checkpoint(last[::-1] + others[::-1])
+    if good is None:
+        raise NotFoundError(f"exp_manager: every checkpoint in {ckpt_dir} is damaged ({[p.name for p in last + others]})"
+                            "; remove them to start a fresh run")
+    return good
 
 
 def _move_previous_run(log_dir: Path) -> None:

@@ -1,20 +1,22 @@
 """Atomic checkpoints of a whole :class:`~nemofn.core.state.TrainState` (with or without Fabric).
 
 A checkpoint file is a dict ``{"train_state": TrainState.state_dict(), "precision": {...}, **extra}``. It is
-written to ``<name>.tmp`` first and then renamed over ``<name>`` (``os.replace``, atomic on POSIX), so a crash
-mid-write leaves the previous checkpoint intact. With Fabric, ``fabric.save`` writes on rank 0 (the DDP rule:
+written to ``<name>.tmp`` first, flushed to disk (``fsync``), renamed over ``<name>`` (``os.replace``, atomic on POSIX)
+and the folder's entry is flushed too, so neither a crash nor a power loss mid-write leaves a torn or missing file. With Fabric, ``fabric.save`` writes on rank 0 (the DDP rule:
 every rank holds the same state) and all ranks wait for the rename. ``"precision"`` holds Fabric's precision
 plugin state (the ``16-mixed`` GradScaler's scale and growth tracker), which an exact resume also needs.
 
-Files in a checkpoint directory are named ``step=00000100.ckpt``; ``last.ckpt`` is a hard link (or a copy) to the
-newest one.
+Files in a checkpoint directory are named ``step=00000100.ckpt``; ``last.ckpt`` is a copy of the newest one (its own
+file, written the same durable way: a hard link would share every damage with its target).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,9 @@ import torch
 from nemofn.core.state import ModelState, TrainState
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_model_state", "checkpoint_name", "latest_checkpoint",
-           "LAST"]
+           "checkpoint_problem", "latest_good_checkpoint", "LAST"]
+
+log = logging.getLogger(__name__)
 
 LAST = "last.ckpt"
 _STEP_FILE = re.compile(r"^step=(\d+)\.ckpt$")
@@ -75,7 +79,7 @@ def save_checkpoint(path: str | Path, state: TrainState, *, fabric: Any = None,
             tmp.unlink(missing_ok=True)
         raise
     if _is_zero(fabric):
-        os.replace(tmp, path)
+        _commit(tmp, path)
         if link_last:
             _point_last_at(path)
     if fabric is not None:
@@ -83,15 +87,44 @@ def save_checkpoint(path: str | Path, state: TrainState, *, fabric: Any = None,
     return path
 
 
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a platform without directory file descriptors
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on directories; the rename itself is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+def _commit(tmp: Path, path: Path) -> None:
+    """Durably replaces ``path`` by the finished ``tmp`` (same folder): fsync the data, rename, fsync the folder."""
+    try:
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
 def _point_last_at(path: Path) -> None:
-    last = path.with_name(LAST)
+    """``last.ckpt`` becomes a durable copy of ``path``."""
     tmp = path.with_name(LAST + ".tmp")
     tmp.unlink(missing_ok=True)
-    try:
-        os.link(path, tmp)
-    except OSError:
-        shutil.copyfile(path, tmp)
-    os.replace(tmp, last)
+    shutil.copyfile(path, tmp)
+    _commit(tmp, path.with_name(LAST))
 
 
 def load_checkpoint(path: str | Path, state: TrainState, *, fabric: Any = None) -> dict[str, Any]:
@@ -107,6 +140,9 @@ def load_checkpoint(path: str | Path, state: TrainState, *, fabric: Any = None) 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise ValueError(f"checkpoint {path} cannot be read: {problem}; resume from an earlier checkpoint")
     if fabric is None:
         ckpt = torch.load(path, map_location=state.model.device, weights_only=True)
         state.load_state_dict(ckpt.pop("train_state"))
@@ -133,9 +169,31 @@ def load_model_state(path: str | Path, model: ModelState) -> int:
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:
-    """``directory/last.ckpt`` if present, else the ``step=N.ckpt`` with the largest ``N``, else ``None``."""
+    """The newest readable checkpoint in ``directory``: ``last.ckpt``, else the ``step=N.ckpt`` files from the largest
+    ``N`` down (a damaged file, e.g. truncated by a full disk, is skipped with a warning naming it); else ``None``."""
     directory = Path(directory)
-    if (directory / LAST).is_file():
-        return directory / LAST
-    steps = [(int(m.group(1)), p) for p in directory.glob("step=*.ckpt") if (m := _STEP_FILE.match(p.name))]
-    return max(steps)[1] if steps else None
+    steps = sorted(((int(m.group(1)), p) for p in directory.glob("step=*.ckpt") if (m := _STEP_FILE.match(p.name))),
+                   reverse=True)
+    candidates = ([directory / LAST] if (directory / LAST).is_file() else []) + [p for _, p in steps]
+    return latest_good_checkpoint(candidates)
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why the checkpoint file at ``path`` is unreadable (truncated, not a torch zip file, a member failing its CRC),
+    or None when it is whole. Reads the file once without unpickling anything."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        return f"not a complete checkpoint ({exc})"
+    return None if bad is None else f"member {bad!r} is damaged"
+
+
+def latest_good_checkpoint(candidates: list[Path]) -> Path | None:
+    """The first readable file of ``candidates`` (newest first), warning about each damaged one it skips."""
+    for path in candidates:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        log.warning("checkpoint %s cannot be read (%s): trying the one before it", path, problem)
+    return None

@@ -125,3 +125,23 @@ def test_configuration_errors_are_named(tmp_path):
     assert exp_manager(Trainer(fast_dev_run=True, **QUIET), {"exp_dir": str(tmp_path)}) is None
     with pytest.raises(NotImplementedError, match="create_mlflow_logger"):
         exp_manager(trainer, {"exp_dir": str(tmp_path), "create_mlflow_logger": True})
+
+
+def test_resume_skips_a_damaged_last_checkpoint_with_a_warning(tmp_path, caplog):
+    from compat.utils.exp_manager import _find_resume_checkpoint
+    from nemofn.core.state import ModelState, TrainState
+    from nemofn.optim.adam import adamw
+    from nemofn.train.checkpoint import save_checkpoint
+
+    ckpt_dir = tmp_path / "checkpoints"
+    state = TrainState.create(ModelState.create({"w": torch.ones(2)}, {}), adamw(), rng=0)
+    older = save_checkpoint(ckpt_dir / "R--val_wer=0.5-epoch=0.ckpt", state)
+    last = save_checkpoint(ckpt_dir / "R--val_wer=0.4-epoch=1-last.ckpt", state)
+    os.utime(older, (1, 1))
+    last.write_bytes(last.read_bytes()[:100])
+    with caplog.at_level(logging.WARNING):
+        assert _find_resume_checkpoint(ckpt_dir, resume_past_end=False, ignore_missing=False) == older
+    assert "epoch=1-last.ckpt cannot be read" in caplog.text
+    older.write_bytes(b"")
+    with pytest.raises(NotFoundError, match="every checkpoint in .* is damaged"):
+        _find_resume_checkpoint(ckpt_dir, resume_past_end=False, ignore_missing=False)

@@ -25,7 +25,9 @@ def test_save_then_load_restores_the_state_and_extra(tmp_path):
     path = save_checkpoint(tmp_path / checkpoint_name(src.step), src, extra={"note": "hello"}, link_last=True)
     assert path.name == "step=00000012.ckpt"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "step=00000012.ckpt"]  # no .tmp left over
-    assert os.path.samefile(tmp_path / "last.ckpt", path)
+    # last.ckpt is its own file with the same bytes (damaging one does not damage the other)
+    assert not os.path.samefile(tmp_path / "last.ckpt", path)
+    assert (tmp_path / "last.ckpt").read_bytes() == path.read_bytes()
     dst = _state(2)
     extra = load_checkpoint(tmp_path / "last.ckpt", dst)
     assert extra == {"note": "hello"}
@@ -90,3 +92,33 @@ def test_fabric_save_and_load_round_trip(tmp_path):
     assert load_checkpoint(tmp_path / "f.ckpt", dst, fabric=fabric) == {"k": 1}
     assert dst.step == 5 and dst.rng == RngKey(4)
     assert torch.equal(dst.model.params["enc"]["w"], src.model.params["enc"]["w"])
+
+
+def test_writes_are_durable_file_then_rename_then_folder(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    path = save_checkpoint(tmp_path / checkpoint_name(3), _state(1).replace(step=3), link_last=True)
+    assert synced == [str(path) + ".tmp", str(tmp_path),  # the data before the rename, the folder entry after
+                      str(tmp_path / "last.ckpt.tmp"), str(tmp_path)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", path.name]
+
+
+def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_good_one(tmp_path, caplog):
+    save_checkpoint(tmp_path / checkpoint_name(1), _state(1).replace(step=1), link_last=True)
+    newest = save_checkpoint(tmp_path / checkpoint_name(2), _state(2).replace(step=2), link_last=True)
+    last = tmp_path / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: len(last.read_bytes()) // 2])  # a torn write, e.g. a full disk
+    assert latest_checkpoint(tmp_path) == newest
+    assert "last.ckpt cannot be read" in caplog.text
+    newest.write_bytes(b"")
+    assert latest_checkpoint(tmp_path) == tmp_path / checkpoint_name(1)
+    with pytest.raises(ValueError, match=r"step=00000002\.ckpt cannot be read: not a complete checkpoint"):
+        load_checkpoint(newest, _state(3))
+    (tmp_path / checkpoint_name(1)).write_bytes(b"garbage")
+    assert latest_checkpoint(tmp_path) is None
