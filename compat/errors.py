@@ -28,6 +28,7 @@ __all__ = [
     "BadOverrideError",
     "BadStateDictError",
     "YamlBudgetError",
+    "NonFiniteWeightsError",
 ]
 
 
@@ -173,3 +174,16 @@ class YamlBudgetError(NemoArchiveError, ValueError):
         super().__init__(f"{path}: refusing to load {member}: {detail}. Nothing was built from it.")
         self.path = path
         self.member = member
+
+
+class NonFiniteWeightsError(NemoArchiveError, ValueError):
+    """Weights holding NaN or Inf: a model that would only ever output NaN (refused by default)."""
+
+    def __init__(self, path: str, member: str, key: str, bad: int, total: int) -> None:
+        super().__init__(f"{path}: {member} holds non-finite weights: {key!r} has {bad} NaN/Inf values of {total}. "
+                         f"The model would output NaN; re-export it from a good checkpoint. To load it anyway (for "
+                         f"inspection), set NEMOFN_ALLOW_NON_FINITE_WEIGHTS=1 or pass allow_non_finite=True to "
+                         f"NemoArchive.state_dict")
+        self.path = path
+        self.member = member
+        self.key = key

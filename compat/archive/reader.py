@@ -35,6 +35,7 @@ from compat.errors import (
     MissingConfigError,
     MissingWeightsError,
     NemoFileNotFoundError,
+    NonFiniteWeightsError,
     UnsafeArchiveError,
     YamlBudgetError,
 )
@@ -137,11 +138,14 @@ class NemoArchive:
         """The model config as ``restore_from`` sees it: the override if given (see :func:`apply_override`)."""
         return apply_override(self.config() if override_config_path is None else None, override_config_path)
 
-    def state_dict(self, map_location: Any = None) -> dict[str, torch.Tensor]:
+    def state_dict(self, map_location: Any = None, *, allow_non_finite: bool | None = None
+                   ) -> dict[str, torch.Tensor]:
         """``model_weights.ckpt`` as a flat ``{NeMo state-dict key: Tensor}`` dict, loaded with ``weights_only=True``.
 
         Args:
             map_location: as ``torch.load``; defaults to the one given to :func:`open_nemo`, else ``"cpu"``.
+            allow_non_finite: load weights holding NaN / Inf (for forensics); default: refused with
+                :class:`NonFiniteWeightsError`, unless the environment sets ``NEMOFN_ALLOW_NON_FINITE_WEIGHTS=1``.
         """
         self._check_open()
         if self.only_config:
@@ -154,7 +158,12 @@ class NemoArchive:
             )
             raise MissingWeightsError(self.source, self.weights_name, detail)
         location = map_location if map_location is not None else self.map_location
-        return _load_weights(self.member_path(self.weights_name), self.source, self.weights_name, location or "cpu")
+        state = _load_weights(self.member_path(self.weights_name), self.source, self.weights_name, location or "cpu")
+        if allow_non_finite is None:
+            allow_non_finite = os.environ.get("NEMOFN_ALLOW_NON_FINITE_WEIGHTS", "0") not in ("", "0")
+        if not allow_non_finite:
+            check_finite(state, self.source, self.weights_name)
+        return state
 
     def locate_artifact(self, value: str, *, verify: bool = True) -> tuple[str, ArtifactPathType] | None:
         """Where an artifact config value points, in NeMo's ``register_artifact`` order (NEMO_FACTS 1.3).
@@ -221,6 +230,18 @@ def _load_weights(file: str, source: str, name: str, map_location: Any) -> dict[
             raise MissingWeightsError(source, name, detail)
         state[key] = value
     return state
+
+
+def check_finite(state: Mapping[str, torch.Tensor], source: str, member: str) -> None:
+    """Raises :class:`NonFiniteWeightsError` naming the first floating tensor holding NaN or Inf (fp16 weights that
+    overflowed on export, a run that diverged before it was saved)."""
+    import torch
+
+    for key, tensor in state.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise NonFiniteWeightsError(source, member, key, bad, tensor.numel())
 
 
 def load_weights_file(file: str | os.PathLike, map_location: Any = "cpu") -> dict[str, torch.Tensor]:

@@ -109,6 +109,7 @@ class ModelState:
         Raises:
             KeyError: with ``strict``, if keys are missing or unexpected (both lists are named).
             ValueError: if a tensor's shape differs (the key and both shapes are named).
+            TypeError: an integer, bool or complex tensor for a floating one (named).
         """
         own = dict(zip(self.param_names, self.param_list))
         own.update(zip(self.buffer_names, self.buffer_list))
@@ -125,6 +126,10 @@ class ModelState:
             dst = own[name]
             if tuple(dst.shape) != tuple(value.shape):
                 raise ValueError(f"{name!r}: checkpoint shape {tuple(value.shape)} != model shape {tuple(dst.shape)}")
+            if dst.is_floating_point() and not value.is_floating_point():
+                raise TypeError(f"{name!r}: the checkpoint holds a {value.dtype} tensor where the model has a "
+                                f"{dst.dtype} one; only floating tensors load into floating parameters (float64, "
+                                f"float16 and bfloat16 are cast)")
             dst.copy_(value)
 
 
