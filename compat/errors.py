@@ -29,6 +29,7 @@ __all__ = [
     "BadStateDictError",
     "YamlBudgetError",
     "NonFiniteWeightsError",
+    "MissingTargetError",
 ]
 
 
@@ -187,3 +188,18 @@ class NonFiniteWeightsError(NemoArchiveError, ValueError):
         self.path = path
         self.member = member
         self.key = key
+
+
+class MissingTargetError(NemoArchiveError, ValueError):
+    """A model config without ``target`` given to a class that cannot build a model itself (``ASRModel``, ...)."""
+
+    def __init__(self, cls_name: str, keys: Iterable[str], source: str | None = None) -> None:
+        keys = list(keys)
+        where = f"{source}: model_config.yaml" if source else "the model config"
+        content = "is empty" if not keys else f"has no `target` (its keys: {_listing(keys, 8)})"
+        super().__init__(
+            f"{where} {content}, so {cls_name} cannot tell which model to build. Restore with the concrete class "
+            f"(e.g. EncDecCTCModelBPE.restore_from(path)), or add the `target:` NeMo writes, e.g. "
+            f"`target: nemo.collections.asr.models.EncDecCTCModelBPE` (compat.registry.supported_targets('model') "
+            f"lists them), through override_config_path")
+        self.source = source

@@ -54,7 +54,7 @@ from torch import nn
 from compat.archive import DEFAULT_NEMO_VERSION, maybe_update_config_version
 from compat.artifacts import current_restore_archive
 from compat.core.connectors.save_restore_connector import SaveRestoreConnector
-from compat.errors import NemoFileNotFoundError, UnknownTargetError
+from compat.errors import MissingTargetError, NemoFileNotFoundError, UnknownTargetError
 from nemofn.core.rng import RngKey
 from compat.models.modelpt_data import DataSetupMixin
 from compat.models.modelpt_init import InitFromCheckpointMixin
@@ -275,7 +275,12 @@ class ModelPT(ModuleFace, DataSetupMixin, OptimizationMixin, LightningSteps, Ini
         config = config if isinstance(config, DictConfig) else OmegaConf.create(dict(config))
         if "_target_" in config or ("cls" in config and "params" in config):
             return build_module(maybe_update_config_version(config))
-        target_cls = cls._class_for_target(config["target"]) if "target" in config else cls
+        if "target" in config:
+            target_cls = cls._class_for_target(config["target"])
+        elif cls.build_functional is ModelPT.build_functional:  # an abstract base: it cannot build anything itself
+            raise MissingTargetError(cls.__name__, list(config.keys()))
+        else:
+            target_cls = cls
         return target_cls(cfg=config, trainer=trainer)
 
     @classmethod

@@ -30,7 +30,7 @@ from compat.artifacts import (
     restoring,
     specs_from_items,
 )
-from compat.errors import MissingArtifactError, NemoFileNotFoundError
+from compat.errors import MissingArtifactError, MissingTargetError, NemoFileNotFoundError
 
 __all__ = ["SaveRestoreConnector", "SavableModel"]
 
@@ -193,7 +193,10 @@ class SaveRestoreConnector:
                 set_state = getattr(calling_cls, "_set_model_restore_state", None)
                 if callable(set_state):
                     set_state(is_being_restored=True, folder=archive.folder)
-                instance = calling_cls.from_config_dict(conf, trainer=trainer)
+                try:
+                    instance = calling_cls.from_config_dict(conf, trainer=trainer)
+                except MissingTargetError as exc:
+                    raise MissingTargetError(calling_cls.__name__, list(conf.keys()), source) from exc
             if callable(getattr(instance, "to", None)):
                 instance = instance.to(map_location)
             state_dict = archive.state_dict(map_location=map_location)
