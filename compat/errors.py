@@ -30,6 +30,7 @@ __all__ = [
     "YamlBudgetError",
     "NonFiniteWeightsError",
     "MissingTargetError",
+    "ConfigInterpolationError",
 ]
 
 
@@ -203,3 +204,14 @@ class MissingTargetError(NemoArchiveError, ValueError):
             f"`target: nemo.collections.asr.models.EncDecCTCModelBPE` (compat.registry.supported_targets('model') "
             f"lists them), through override_config_path")
         self.source = source
+
+
+class ConfigInterpolationError(NemoArchiveError, ValueError):
+    """A ``${...}`` interpolation of an archive's config that cannot be resolved (a cycle, a missing key)."""
+
+    def __init__(self, path: str, member: str, key: str, detail: str) -> None:
+        super().__init__(f"{path}: {member}: the interpolation at `{key}` cannot be resolved: {detail}. Fix or remove "
+                         f"it with override_config_path (a corrected copy of the config)")
+        self.path = path
+        self.member = member
+        self.key = key

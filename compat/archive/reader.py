@@ -30,6 +30,7 @@ from compat.artifacts import (
 )
 from compat.errors import (
     BadOverrideError,
+    ConfigInterpolationError,
     CorruptArchiveError,
     MissingArtifactError,
     MissingConfigError,
@@ -132,6 +133,7 @@ class NemoArchive:
             raise CorruptArchiveError(self.source, f"{self.config_name} is not valid YAML: {exc}") from exc
         if not isinstance(conf, DictConfig):
             raise CorruptArchiveError(self.source, f"{self.config_name} holds a {type(conf).__name__}, not a mapping")
+        _check_interpolations(conf, self.source, self.config_name)
         return conf
 
     def load_config(self, override_config_path: Any = None) -> DictConfig:
@@ -230,6 +232,17 @@ def _load_weights(file: str, source: str, name: str, map_location: Any) -> dict[
             raise MissingWeightsError(source, name, detail)
         state[key] = value
     return state
+
+
+def _check_interpolations(conf: DictConfig, source: str, member: str) -> None:
+    """Resolves every ``${...}`` once (as building the model would), so a cycle or a missing key is named here."""
+    from omegaconf.errors import InterpolationKeyError, InterpolationResolutionError, InterpolationValidationError
+
+    try:
+        OmegaConf.to_container(conf, resolve=True, throw_on_missing=False)
+    except (InterpolationKeyError, InterpolationResolutionError, InterpolationValidationError) as exc:
+        detail = str(exc).strip().splitlines()[0]
+        raise ConfigInterpolationError(source, member, str(getattr(exc, "full_key", "") or "?"), detail) from None
 
 
 def check_finite(state: Mapping[str, torch.Tensor], source: str, member: str) -> None:

@@ -1,4 +1,4 @@
-"""A model config without `target` is a named error for the abstract classes, and fine for a concrete one."""
+"""Named errors for bad model configs in archives: no `target` (abstract classes), unresolvable interpolations."""
 
 from __future__ import annotations
 
@@ -46,3 +46,18 @@ def test_a_concrete_class_restores_a_config_without_target(nemo3_dir: Path, tmp_
     path = _repack(nemo3_dir / "conformer_bpe.nemo", tmp_path / "no_target.nemo", _without_target)
     model = EncDecCTCModelBPE.restore_from(str(path))
     assert type(model) is EncDecCTCModelBPE
+
+
+@pytest.mark.parametrize("value, problem", [("${sample_rate}", "Recursive interpolation detected"),
+                                            ("${nope.x}", "Interpolation key 'nope.x' not found")])
+def test_unresolvable_interpolations_name_the_archive_and_key(nemo3_dir: Path, tmp_path, value, problem):
+    from compat.errors import ConfigInterpolationError
+
+    def edit(cfg):
+        cfg["sample_rate"] = value
+        return yaml.safe_dump(cfg)
+
+    path = _repack(nemo3_dir / "quartznet_char.nemo", tmp_path / "interp.nemo", edit)
+    with pytest.raises(ConfigInterpolationError, match=rf"interp\.nemo: model_config\.yaml: the interpolation at "
+                                                       rf"`sample_rate` cannot be resolved: {problem}"):
+        ASRModel.restore_from(str(path))
