@@ -34,6 +34,7 @@ checkpointing yet; see ``nemofn.train.adapter.FSDP_STATUS``).
 from __future__ import annotations
 
 import atexit
+import gc
 import io
 import math
 from collections.abc import Callable, Sequence
@@ -274,19 +275,25 @@ def _val_loaders(val_data: Any, cfg: FitConfig, fabric: Any, batch_size: int) ->
 _TEARDOWN_REGISTERED = False
 
 
-def _destroy_process_group_at_exit() -> None:
-    # With gloo, a process group still alive at interpreter shutdown can abort the process ("terminate called
-    # without an active exception": gloo's thread frees tensors after Python stopped). Fabric tears it down only
-    # for NCCL; atexit runs before the shutdown starts.
+def release_process_group() -> None:
+    """Destroys the default process group and frees it now, while the interpreter is fully alive.
+
+    With gloo, a process group still alive at interpreter shutdown can abort the process ("terminate called without
+    an active exception"): its worker thread frees a finished collective, whose saved thread-local state holds a
+    Python object, and needs the GIL after finalisation began. ``destroy_process_group`` alone is not enough when a
+    reference cycle (a DDP wrapper, a reducer) still holds the group: the collection frees it, joining its threads.
+    Fabric tears the group down only for NCCL.
+    """
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+    gc.collect()
 
 
 def _run(fabric: Any, model: ModelState | TrainState, step: StepConfig, train_data: Any, val_data: Any,
          cfg: FitConfig) -> FitResult:
     global _TEARDOWN_REGISTERED
     if fabric.world_size > 1 and not _TEARDOWN_REGISTERED:
-        atexit.register(_destroy_process_group_at_exit)
+        atexit.register(release_process_group)
         _TEARDOWN_REGISTERED = True
     if isinstance(model, _Packed):
         model = model.unpack()

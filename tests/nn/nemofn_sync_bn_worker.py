@@ -19,6 +19,7 @@ from nemofn.core.rng import RngKey
 from nemofn.nn.conv import Conv1d
 from nemofn.nn.norm import BatchNorm1d, BatchNorm2d
 from nemofn.nn.sync_batchnorm import sync_batchnorm
+from nemofn.train.loop import release_process_group
 
 CONV = Conv1d(3, 4, 3, padding=1)
 BN1 = BatchNorm1d(4, eps=1e-3, momentum=0.1)  # Jasper's batch norm
@@ -108,7 +109,4 @@ def run_rank(rank: int, world_size: int, rendezvous: str, out_dir: str) -> None:
         for name, sizes in SCENARIOS.items():
             torch.save(_train_steps(rank, world_size, sizes), Path(out_dir) / f"{name}_rank{rank}.pt")
     finally:
-        # Tear gloo down before the interpreter exits: otherwise a gloo worker thread may still release its last
-        # collective's tensors (which needs the GIL) while Python finalises, and the process aborts with
-        # "terminate called without an active exception" (see tests/train/nemofn_ddp_worker.py).
-        dist.destroy_process_group()
+        release_process_group()  # before the interpreter exits: see nemofn.train.loop.release_process_group

@@ -6,14 +6,13 @@ at exit with "terminate called without an active exception" (SIGABRT, then ``Pro
 parent): gloo's ``pt_gloo_runloop`` thread drops its reference to the last collective's work object a moment after
 the caller's ``wait()`` returned; freeing it decrefs the Python-owned tensors, which needs the GIL; if the main
 thread has meanwhile reached interpreter finalisation, CPython ends the thread with ``pthread_exit``, whose forced
-unwind through that C++ destructor calls ``std::terminate``. ``destroy_process_group`` joins those threads while
-the interpreter is still fully alive.
+unwind through that C++ destructor calls ``std::terminate``. ``release_process_group`` destroys the group and collects
+what still holds it, joining those threads while the interpreter is still fully alive.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from nemofn.core.rng import RngKey
@@ -24,6 +23,7 @@ from nemofn.nn.linear import Linear
 from nemofn.nn.sequential import Sequential
 from nemofn.optim.adam import adamw
 from nemofn.train.adapter import setup_fabric
+from nemofn.train.loop import release_process_group
 from nemofn.train.step import StepConfig, SupervisedObjective, train_step
 
 NET = Sequential([Linear(3, 16), Activation("tanh"), Linear(16, 2)])
@@ -85,5 +85,4 @@ def run_all(fabric) -> dict[str, float]:
         return {"grad_error": float(errors[:, 0].max()), "bn_from_rank0": float(errors[:, 1].max()),
                 "bn_ranks_apart": ranks_apart}
     finally:
-        if dist.is_initialized():  # see the module docstring
-            dist.destroy_process_group()
+        release_process_group()  # see the module docstring
