@@ -23,6 +23,15 @@ REQUIRE_REFERENCES = os.environ.get("NEMOFN_REQUIRE_REFERENCES", "") not in ("",
 FEATURE_ATOL = 2e-4
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _header_cache_in_tmp(tmp_path_factory):
+    """The audio-header cache of manifest checks goes to a temporary folder (scripts run as subprocesses inherit
+    it), never to the user's ``~/.cache/nemofn``."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NEMOFN_CACHE_DIR", str(tmp_path_factory.mktemp("nemofn_cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def nemo3_dir() -> Path:
     """Path of the NeMo 3.0 reference folder; skips the test when it is absent (as on a user's machine)."""

@@ -57,6 +57,9 @@ class ASRDatasetConfig:
     use_semi_sorted_batching: bool = False
     randomization_factor: Optional[float] = None
     semi_sort_sampler_seed: Optional[int] = None
+    # nemofn's own (NeMo has neither): the up-front audio header check, and dropping bad lines instead of failing
+    check_audio: bool = True
+    skip_bad_samples: bool = False
 
     # accepted only at their default
     trim_silence: bool = default_only(False, reason="silence trimming (librosa.effects.trim in NeMo) is not "

@@ -10,11 +10,21 @@ tarred loader) and a few are only accepted with their default value (e.g. ``is_t
 ``trim_silence: true`` raise). A key NeMo does not know raises
 :class:`~nemofn.asr.configs.data.DatasetConfigError` (a :class:`~nemofn.asr.data.errors.DataConfigError`) naming
 it and the closest known key.
+
+Bad data is found when the dataset is built, not when an item is first read (:mod:`~nemofn.asr.data.manifest_check`):
+every audio header is checked against its manifest line (in threads, cached by file size and mtime), and all bad
+lines raise one :class:`~nemofn.asr.data.errors.BadManifestError` listing each as ``path:line: reason``. Two keys of
+nemofn's own (NeMo has neither; see :class:`DatasetConfig`) control it: ``skip_bad_samples: true`` drops the bad lines
+instead, with one warning giving counts per kind; ``check_audio: false`` turns the check off (then only a missing
+audio file is caught up front, at the first one, as before). Transcripts that silently lose data in training (no
+tokens, characters outside the vocabulary, too long for CTC) are counted and warned about once per build
+(:mod:`~nemofn.asr.data.transcript_check`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -24,11 +34,13 @@ import torch
 from nemofn.asr.configs.data import ASRDatasetConfig, DatasetConfigError
 from nemofn.asr.data.audio import ChannelSelector, load_audio
 from nemofn.asr.data.batching import EpochBatchSampler, RandomBatchSampler, SemiSortedBatchSampler, collate
-from nemofn.asr.data.errors import DataConfigError
+from nemofn.asr.data.errors import DataConfigError, ManifestError
 from nemofn.asr.data.manifest import ManifestEntry, load_manifests
+from nemofn.asr.data.manifest_check import AudioCheckReport, check_manifest_audio
+from nemofn.asr.data.transcript_check import CTCFrames, check_transcripts
 from nemofn.core.schema import drop_keys, find_missing, join_key, resolved_plain, validate
 
-__all__ = ["AudioToTextDataset", "build_dataset", "build_dataloader", "checked_config"]
+__all__ = ["AudioToTextDataset", "DatasetConfig", "build_dataset", "build_dataloader", "checked_config"]
 
 
 class AudioToTextDataset(torch.utils.data.Dataset):
@@ -60,8 +72,20 @@ class AudioToTextDataset(torch.utils.data.Dataset):
         eos = getattr(tokenizer, "eos_id", -1)
         prefix = [bos] if use_start_end_token and bos is not None and bos > 0 else []
         suffix = [eos] if use_start_end_token and eos is not None and eos > 0 else []
-        self._tokens = [np.asarray(prefix + list(tokenizer.encode(e.text)) + suffix, dtype=np.int64)
-                        for e in self.entries]
+        self.num_special_tokens = len(prefix) + len(suffix)
+        #: Characters each transcript lost to the tokenizer (dropped, or mapped to ``<unk>``), by index; only items
+        #: that lost some (for tokenizers with ``encode_with_unknown``).
+        self.unknown_text: dict[int, str] = {}
+        encode_with_unknown = getattr(tokenizer, "encode_with_unknown", None)
+        self._tokens = []
+        for index, entry in enumerate(self.entries):
+            if encode_with_unknown is None:
+                ids = tokenizer.encode(entry.text)
+            else:
+                ids, unknown = encode_with_unknown(entry.text)
+                if unknown:
+                    self.unknown_text[index] = unknown
+            self._tokens.append(np.asarray(prefix + list(ids) + suffix, dtype=np.int64))
         pad = getattr(tokenizer, "pad_id", 0)
         self.pad_id = pad if pad is not None and pad > 0 else 0
 
@@ -94,9 +118,23 @@ class AudioToTextDataset(torch.utils.data.Dataset):
 
 # --- config ------------------------------------------------------------------------------------------------------
 
+@dataclass
+class DatasetConfig(ASRDatasetConfig):
+    """:class:`~nemofn.asr.configs.data.ASRDatasetConfig` plus nemofn's own keys (NeMo knows neither).
+
+    Attributes:
+        check_audio: check every audio header against its manifest line when the dataset is built (see
+            :mod:`~nemofn.asr.data.manifest_check`); false skips it, for data known to be good.
+        skip_bad_samples: drop the lines the check finds bad (one warning, counts per kind) instead of raising.
+    """
+
+    check_audio: bool = True
+    skip_bad_samples: bool = False
+
+
 def checked_config(ds_cfg: Any, *, path: str = "dataset", unknown_keys: str = "error") -> dict:
-    """A dataset block as a plain dict (interpolations resolved), checked against
-    :class:`~nemofn.asr.configs.data.ASRDatasetConfig`.
+    """A dataset block as a plain dict (interpolations resolved), checked against :class:`DatasetConfig` (NeMo's
+    keys, :class:`~nemofn.asr.configs.data.ASRDatasetConfig`, plus ``check_audio`` and ``skip_bad_samples``).
 
     Args:
         ds_cfg: the ``train_ds`` / ``validation_ds`` / ``test_ds`` mapping (a DictConfig works).
@@ -110,7 +148,7 @@ def checked_config(ds_cfg: Any, *, path: str = "dataset", unknown_keys: str = "e
     cfg = resolved_plain(ds_cfg, path)
     if not isinstance(cfg, dict):
         raise DatasetConfigError(f"{path}: expected a mapping, got {type(ds_cfg).__name__}", key=path)
-    drop_keys(cfg, validate(cfg, ASRDatasetConfig, path, unknown=unknown_keys), path)
+    drop_keys(cfg, validate(cfg, DatasetConfig, path, unknown=unknown_keys), path)
     for key in ("manifest_filepath", "sample_rate"):
         if cfg.get(key) is None:
             full = join_key(path, key)
@@ -120,23 +158,39 @@ def checked_config(ds_cfg: Any, *, path: str = "dataset", unknown_keys: str = "e
     if missing:
         raise DatasetConfigError(f"{missing} is not set (???); set it (e.g. {missing}=... on the command line)",
                                  key=missing)
+    if cfg.get("skip_bad_samples") and cfg.get("check_audio") is False:
+        full = join_key(path, "skip_bad_samples")
+        raise DatasetConfigError(f"{full}=true needs {join_key(path, 'check_audio')}=true: bad lines are found by "
+                                 "the up-front audio check", key=full)
     return cfg
 
 
 def build_dataset(ds_cfg: Mapping[str, Any], tokenizer: Any = None, *, path: str = "dataset",
-                  unknown_keys: str = "error") -> AudioToTextDataset:
+                  unknown_keys: str = "error", ctc_output_frames: CTCFrames | None = None) -> AudioToTextDataset:
     """The dataset of a NeMo dataset config block (checked as :func:`checked_config`).
+
+    The manifests' audio headers are checked first (unless ``check_audio: false``), and transcripts that lose data
+    silently are warned about (see the module doc).
 
     Args:
         ds_cfg: the ``train_ds`` / ``validation_ds`` / ``test_ds`` mapping (a DictConfig works).
         tokenizer: the model's tokenizer; ``None`` builds a :class:`~nemofn.asr.tokenizers.CharTokenizer` from
             ``labels``.
         path, unknown_keys: see :func:`checked_config`.
+        ctc_output_frames: a CTC model's output length, to warn about transcripts too long for it: frames per second
+            of audio, or a function from signal lengths in samples ``[N]`` to output frames ``[N]``
+            (:data:`~nemofn.asr.data.transcript_check.CTCFrames`). ``None`` skips that warning.
+
+    Raises:
+        BadManifestError: every bad manifest line, each as ``path:line: reason`` (unless ``skip_bad_samples``).
+        ManifestError: a missing manifest, or one that is not UTF-8.
     """
-    return _build_dataset(checked_config(ds_cfg, path=path, unknown_keys=unknown_keys), tokenizer)
+    return _build_dataset(checked_config(ds_cfg, path=path, unknown_keys=unknown_keys), tokenizer, path=path,
+                          ctc_output_frames=ctc_output_frames)
 
 
-def _build_dataset(cfg: dict, tokenizer: Any) -> AudioToTextDataset:
+def _build_dataset(cfg: dict, tokenizer: Any, *, path: str = "dataset",
+                   ctc_output_frames: CTCFrames | None = None) -> AudioToTextDataset:
     if tokenizer is None:
         if not cfg.get("labels"):
             raise DataConfigError("no tokenizer given and no 'labels' in the dataset config; pass the model's "
@@ -148,17 +202,27 @@ def _build_dataset(cfg: dict, tokenizer: Any) -> AudioToTextDataset:
     channel_selector = cfg.get("channel_selector")
     if channel_selector is not None and not isinstance(channel_selector, (int, str)):
         channel_selector = list(channel_selector)
+    check = cfg.get("check_audio", True) is not False
+    line_errors: list[ManifestError] | None = [] if check else None
     entries = load_manifests(cfg["manifest_filepath"], min_duration=cfg.get("min_duration"),
-                             max_duration=cfg.get("max_duration"), max_utts=cfg.get("max_utts") or 0)
-    return AudioToTextDataset(entries, tokenizer, cfg["sample_rate"], int_values=bool(cfg.get("int_values")),
-                              channel_selector=channel_selector,
-                              use_start_end_token=bool(cfg.get("use_start_end_token", True)),
-                              return_sample_id=bool(cfg.get("return_sample_id", False)))
+                             max_duration=cfg.get("max_duration"), max_utts=cfg.get("max_utts") or 0,
+                             check_audio_exists=not check, errors=line_errors)
+    report: AudioCheckReport | None = None
+    if check:
+        report = check_manifest_audio(entries, channel_selector=channel_selector, line_errors=line_errors or ())
+        entries = report.resolve(skip_bad_samples=bool(cfg.get("skip_bad_samples")), name=path)
+    dataset = AudioToTextDataset(entries, tokenizer, cfg["sample_rate"], int_values=bool(cfg.get("int_values")),
+                                 channel_selector=channel_selector,
+                                 use_start_end_token=bool(cfg.get("use_start_end_token", True)),
+                                 return_sample_id=bool(cfg.get("return_sample_id", False)))
+    check_transcripts(dataset, ctc_output_frames=ctc_output_frames,
+                      readable_seconds=report.readable_seconds if report is not None else None).log(path)
+    return dataset
 
 
 def build_dataloader(ds_cfg: Mapping[str, Any], tokenizer: Any = None, *, shuffle_seed: int = 0,
-                     num_replicas: int = 1, rank: int = 0, path: str = "dataset",
-                     unknown_keys: str = "error") -> torch.utils.data.DataLoader:
+                     num_replicas: int = 1, rank: int = 0, path: str = "dataset", unknown_keys: str = "error",
+                     ctc_output_frames: CTCFrames | None = None) -> torch.utils.data.DataLoader:
     """A DataLoader for a NeMo dataset config block.
 
     Args:
@@ -169,6 +233,7 @@ def build_dataloader(ds_cfg: Mapping[str, Any], tokenizer: Any = None, *, shuffl
         num_replicas, rank: DDP world size and rank; each rank gets its share of every epoch.
         path: the block's full key in error messages (``model.train_ds``).
         unknown_keys: ``"error"``, or ``"warn"`` to drop unknown keys with a warning.
+        ctc_output_frames: see :func:`build_dataset`.
 
     Returns:
         A DataLoader whose ``batch_sampler`` is an :class:`~nemofn.asr.data.batching.EpochBatchSampler`: call
@@ -178,6 +243,7 @@ def build_dataloader(ds_cfg: Mapping[str, Any], tokenizer: Any = None, *, shuffl
     Raises:
         DatasetConfigError: for an unknown key, a wrong type, an unsupported value, or a missing
             ``manifest_filepath`` (a :class:`~nemofn.asr.data.errors.DataConfigError`).
+        BadManifestError: every bad manifest line, before any batch is read (see :func:`build_dataset`).
 
     Note:
         A list in ``manifest_filepath`` is read here as one combined dataset (NeMo's datasets do the same). NeMo's
@@ -185,7 +251,7 @@ def build_dataloader(ds_cfg: Mapping[str, Any], tokenizer: Any = None, *, shuffl
         this function once per manifest.
     """
     cfg = checked_config(ds_cfg, path=path, unknown_keys=unknown_keys)
-    dataset = _build_dataset(cfg, tokenizer)
+    dataset = _build_dataset(cfg, tokenizer, path=path, ctc_output_frames=ctc_output_frames)
     batch_size = int(cfg.get("batch_size") or 32)
     shuffle = bool(cfg.get("shuffle", False))
     drop_last = bool(cfg.get("drop_last", False))

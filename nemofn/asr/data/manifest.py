@@ -13,17 +13,21 @@ Rules (NeMo's ``nemo/collections/common/parts/preprocessing/manifest.py``):
 - several manifests are read one after the other (a list, or one comma-separated string);
 - ``min_duration`` / ``max_duration`` drop entries outside the range, ``max_utts`` keeps the first N.
 
-Unlike NeMo, a bad line stops loading at once with a :class:`ManifestError` naming the file and line, and a missing
-audio file is reported here rather than when a DataLoader worker first reads it.
+Unlike NeMo, a bad line stops loading at once with a :class:`ManifestError` naming the file and line (or, given an
+``errors`` list, is collected there and left out, so that every bad line can be reported together), and a missing
+audio file is reported here rather than when a DataLoader worker first reads it. Manifests are UTF-8 (a leading
+byte-order mark is allowed); a line in another encoding (e.g. latin-1) raises a :class:`ManifestError` giving the
+line and byte offset.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -34,6 +38,7 @@ __all__ = [
     "ManifestEntry",
     "split_manifest_paths",
     "parse_manifest_line",
+    "manifest_lines",
     "read_manifest",
     "load_manifests",
     "write_manifest",
@@ -193,34 +198,77 @@ def parse_manifest_line(line: str, *, manifest_path: str, line_number: int, entr
     )
 
 
-def read_manifest(path: str | os.PathLike, *, first_id: int = 0,
-                  check_audio_exists: bool = True) -> list[ManifestEntry]:
-    """All entries of one manifest file, unfiltered; blank lines are skipped.
+def manifest_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """``(line_number, text)`` of each non-blank line of a manifest (1-based numbers; text stripped).
+
+    The file is decoded as UTF-8 line by line, so a line in another encoding is named exactly.
 
     Raises:
-        ManifestError: for a missing file or any bad line (see :func:`parse_manifest_line`).
+        ManifestError: for a missing or unreadable file, or a line that is not UTF-8 (naming the line, the byte
+            offset in the file and the fix).
     """
     path = os.fspath(path)
     try:
-        f = open(os.path.expanduser(path), encoding="utf-8")
+        f = open(os.path.expanduser(path), "rb")
     except FileNotFoundError:
         raise ManifestError(path, None, "manifest file not found") from None
     except OSError as e:
         raise ManifestError(path, None, f"cannot open the manifest ({e.strerror})") from None
-    entries = []
+    position = 0
     with f:
-        for number, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line:
-                continue
+        for number, raw in enumerate(f, start=1):
+            skip = len(codecs.BOM_UTF8) if number == 1 and raw.startswith(codecs.BOM_UTF8) else 0
+            try:
+                text = raw[skip:].decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ManifestError(path, number, _not_utf8(path, raw, skip + e.start, position)) from None
+            position += len(raw)
+            text = text.strip()
+            if text:
+                yield number, text
+
+
+def _not_utf8(path: str, raw: bytes, start: int, line_offset: int) -> str:
+    """The message for a manifest line whose byte ``start`` is not valid UTF-8."""
+    guess = raw.decode("latin-1").strip()
+    return (f"not UTF-8: byte 0x{raw[start]:02x} at byte offset {line_offset + start} of the file (byte {start + 1} "
+            f"of the line) is not valid UTF-8; manifests must be UTF-8 JSON lines. Re-encode the file as UTF-8, e.g. "
+            f"`iconv -f latin1 -t utf-8 {path} > fixed.json` if it is latin-1 (the line read as latin-1: "
+            f"{guess[:80]!r})")
+
+
+def read_manifest(path: str | os.PathLike, *, first_id: int = 0, check_audio_exists: bool = True,
+                  errors: list[ManifestError] | None = None) -> list[ManifestEntry]:
+    """All entries of one manifest file, unfiltered; blank lines are skipped.
+
+    Args:
+        path: the manifest file.
+        first_id: :attr:`ManifestEntry.id` of the first entry.
+        check_audio_exists: see :func:`parse_manifest_line`.
+        errors: when given, a bad line's :class:`ManifestError` is appended here and the line left out, instead of
+            raised (a missing manifest file and a line that is not UTF-8 still raise).
+
+    Raises:
+        ManifestError: for a missing file, a line that is not UTF-8, or (without ``errors``) any bad line (see
+            :func:`parse_manifest_line`).
+    """
+    path = os.fspath(path)
+    entries = []
+    for number, line in manifest_lines(path):
+        try:
             entries.append(parse_manifest_line(line, manifest_path=path, line_number=number,
-                                               entry_id=first_id + len(entries), check_audio_exists=check_audio_exists))
+                                               entry_id=first_id + len(entries),
+                                               check_audio_exists=check_audio_exists))
+        except ManifestError as e:
+            if errors is None:
+                raise
+            errors.append(e)
     return entries
 
 
 def load_manifests(manifest_filepath: str | os.PathLike | Sequence[Any], *, min_duration: float | None = None,
-                   max_duration: float | None = None, max_utts: int = 0,
-                   check_audio_exists: bool = True) -> list[ManifestEntry]:
+                   max_duration: float | None = None, max_utts: int = 0, check_audio_exists: bool = True,
+                   errors: list[ManifestError] | None = None) -> list[ManifestEntry]:
     """Reads one or more manifests, filters them by duration and logs what was kept and dropped.
 
     Args:
@@ -229,6 +277,7 @@ def load_manifests(manifest_filepath: str | os.PathLike | Sequence[Any], *, min_
         max_duration: drop entries longer than this many seconds.
         max_utts: keep at most this many entries after filtering (0 keeps all).
         check_audio_exists: see :func:`parse_manifest_line`.
+        errors: collect bad lines here instead of raising; see :func:`read_manifest`.
 
     Returns:
         The kept entries, in manifest order.
@@ -236,7 +285,8 @@ def load_manifests(manifest_filepath: str | os.PathLike | Sequence[Any], *, min_
     paths = split_manifest_paths(manifest_filepath)
     entries: list[ManifestEntry] = []
     for path in paths:
-        entries.extend(read_manifest(path, first_id=len(entries), check_audio_exists=check_audio_exists))
+        entries.extend(read_manifest(path, first_id=len(entries), check_audio_exists=check_audio_exists,
+                                     errors=errors))
 
     kept: list[ManifestEntry] = []
     num_filtered, filtered_seconds = 0, 0.0

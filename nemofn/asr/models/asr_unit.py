@@ -80,6 +80,10 @@ class ASRUnitMixin:
             out.setdefault("labels", list(self.tokenizer.labels))
         return out
 
+    #: CTC output frames per second of audio (a CTC model sets it): transcripts too long for it are counted and
+    #: reported when a loader is built (CTC's ``zero_infinity`` would zero their loss silently).
+    ctc_output_frames: float | None = None
+
     def dataloader(self, ds_cfg: Mapping[str, Any], *, shuffle_seed: int = 0, num_replicas: int = 1,
                    rank: int = 0, path: str = "dataset") -> torch.utils.data.DataLoader:
         """The loader of a NeMo ``train_ds``/``validation_ds``/``test_ds`` block (batches of 4 tensors:
@@ -88,7 +92,8 @@ class ASRUnitMixin:
         ``path`` names the block in config errors (``model.train_ds``).
         """
         return build_dataloader(self.dataset_config(ds_cfg), self.tokenizer, shuffle_seed=shuffle_seed,
-                                num_replicas=num_replicas, rank=rank, path=path, unknown_keys=self.unknown_keys)
+                                num_replicas=num_replicas, rank=rank, path=path, unknown_keys=self.unknown_keys,
+                                ctc_output_frames=self.ctc_output_frames)
 
     def optimization(self, optim_cfg: Mapping[str, Any] | None = None, *, max_steps: int | None = None):
         """``(optimizer, schedule, base_lr)`` from ``optim_cfg`` (default: the config's ``optim`` block)."""

@@ -105,6 +105,12 @@ class CTCModel(ASRUnitMixin):
         return cls(cfg=conf, network=network, tokenizer=tokenizer, text_decoder=text_decoder,
                    unknown_keys=unknown_keys)
 
+    @property
+    def ctc_output_frames(self) -> float:
+        """Output frames per second of audio: sample rate / hop length / the encoder's subsampling factor."""
+        pre = self.network.preprocessor
+        return pre.sample_rate / pre.hop_length / self.network.encoder.subsampling_factor
+
     def init_state(self, rng: RngKey | int = 0) -> ModelState:
         """Fresh weights (NeMo's initialisations) as a :class:`ModelState`."""
         params, buffers = self.network.init(rng)

@@ -2,7 +2,9 @@
 
 Both share one interface, :class:`Tokenizer`: ``encode(text) -> list[int]``, ``decode(ids) -> str``, ``vocab_size``,
 ``vocabulary`` (NeMo's ``decoder.vocabulary``), ``pad_id``, ``bos_id``, ``eos_id`` (negative when absent), and NeMo's
-names ``text_to_ids`` / ``ids_to_text``. The CTC blank is ``vocab_size``.
+names ``text_to_ids`` / ``ids_to_text``. The CTC blank is ``vocab_size``. Both also have
+``encode_with_unknown(text) -> (ids, lost characters)``, which the dataset uses to warn about characters outside the
+vocabulary (optional for other tokenizers).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from pathlib import Path
 import sentencepiece
 
 from nemofn.asr.data.errors import ManifestError
-from nemofn.asr.data.manifest import split_manifest_paths
+from nemofn.asr.data.manifest import manifest_lines, split_manifest_paths
 from nemofn.asr.tokenizers.sentencepiece import SPECIAL_PIECES, bert_style_vocab
 
 __all__ = ["build_document_from_manifests", "tokenizer_dir_name", "train_sentencepiece", "process_asr_text_tokenizer",
@@ -43,30 +43,23 @@ def build_document_from_manifests(manifests: str | Sequence[str], data_root: str
     """Writes the ``text`` of every manifest line to ``<data_root>/text_corpus/document.txt``, one per line.
 
     Raises:
-        ManifestError: for a missing manifest, a line that is not JSON, or a line without ``text``.
+        ManifestError: for a missing manifest, a line that is not UTF-8 or not JSON, or a line without ``text``.
     """
     document = Path(data_root) / "text_corpus" / "document.txt"
     document.parent.mkdir(parents=True, exist_ok=True)
     num_lines = 0
     with open(document, "w", encoding="utf-8") as out:
         for manifest in split_manifest_paths(manifests):
-            try:
-                f = open(manifest, encoding="utf-8")
-            except FileNotFoundError:
-                raise ManifestError(manifest, None, "manifest file not found") from None
-            with f:
-                for number, line in enumerate(f, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        text = json.loads(line)["text"]
-                    except json.JSONDecodeError as e:
-                        raise ManifestError(manifest, number, f"not valid JSON ({e.msg})") from None
-                    except (KeyError, TypeError):
-                        raise ManifestError(manifest, number, "no 'text' key; tokenizers are trained on the "
-                                                              "manifests' 'text' values") from None
-                    out.write(f"{text}\n")
-                    num_lines += 1
+            for number, line in manifest_lines(manifest):
+                try:
+                    text = json.loads(line)["text"]
+                except json.JSONDecodeError as e:
+                    raise ManifestError(manifest, number, f"not valid JSON ({e.msg})") from None
+                except (KeyError, TypeError):
+                    raise ManifestError(manifest, number, "no 'text' key; tokenizers are trained on the "
+                                                          "manifests' 'text' values") from None
+                out.write(f"{text}\n")
+                num_lines += 1
             logger.info("Finished extracting manifest: %s", manifest)
     logger.info("Finished extracting all manifests; number of sentences: %d", num_lines)
     if num_lines == 0:

@@ -52,6 +52,8 @@ class CharTokenizer:
         self.parser = parser
         self._ids = {label: i for i, label in enumerate(labels)}
         self._multi_char = {label for label in labels if len(label) > 1}
+        # Characters encode() keeps: single-character labels, and the space when it is one.
+        self._chars = {label for label in labels if len(label) == 1}
         self._table = punctuation_table(labels) if normalize and parser == "en" else None
 
     @property
@@ -76,7 +78,17 @@ class CharTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Label ids of ``text``; characters that are not labels are dropped."""
+        return self._encode_normalized(self.normalize_text(text))
+
+    def encode_with_unknown(self, text: str) -> tuple[list[int], str]:
+        """:meth:`encode`, and the characters it dropped because they are not labels.
+
+        The text is normalised once for both. When ``" "`` is not a label, the dropped spaces come last.
+        """
         text = self.normalize_text(text)
+        return self._encode_normalized(text), self._dropped(text)
+
+    def _encode_normalized(self, text: str) -> list[int]:
         space = self._ids.get(" ")
         ids: list[int] = []
         for position, word in enumerate(text.split(" ")):
@@ -87,6 +99,14 @@ class CharTokenizer:
                 continue
             ids.extend(self._ids[c] for c in word if c in self._ids)
         return ids
+
+    def _dropped(self, text: str) -> str:
+        if not (set(text) - self._chars):  # the common case, at C speed
+            return ""
+        dropped = [c for word in text.split(" ") if word not in self._multi_char for c in word if c not in self._ids]
+        if " " not in self._ids:
+            dropped.extend(" " * text.count(" "))
+        return "".join(dropped)
 
     def decode(self, ids: Iterable[int] | np.ndarray) -> str:
         """Joins the labels of ``ids``; ids outside the labels (e.g. the blank) are skipped."""

@@ -109,6 +109,15 @@ class SentencePieceTokenizer:
         """Token ids of ``text``."""
         return self.sp.encode_as_ids(text)
 
+    def encode_with_unknown(self, text: str) -> tuple[list[int], str]:
+        """:meth:`encode`, and the (normalised) text of the pieces that became ``unk_id``, in text order."""
+        ids = self.sp.encode_as_ids(text)
+        unk = self.sp.unk_id()
+        if unk < 0 or unk not in ids:
+            return ids, ""
+        pieces = self.sp.encode_as_pieces(text)
+        return ids, "".join(p.lstrip(SPM_SEPARATOR) for i, p in zip(ids, pieces) if i == unk)
+
     def decode(self, ids: Iterable[int] | np.ndarray) -> str:
         """Text of token ids (pieces joined, ``▁`` turned into spaces)."""
         if hasattr(ids, "tolist"):
