@@ -9,7 +9,6 @@ from __future__ import annotations
 import collections
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from compat.archive._common import DEFAULT_NEMO_VERSION, MODEL_CONFIG_YAML, MODEL_WEIGHTS_CKPT, _upgrade_hydra0
 from compat.archive.tar import _READ_ERRORS, open_tar, pack_folder
+from compat.archive.temp_dirs import staging_dir, sweep_orphans_once
 from compat.artifacts import (
     ArtifactSpec,
     find_nemo_values,
@@ -208,10 +208,17 @@ def save_nemo(
         config_name / weights_name: member names (NeMo's defaults).
         extra_target_prefixes: accept more class-path prefixes (for archives only nemofn will read).
 
+    The members are staged in ``$TMPDIR/nemo_save_<random>.tmp-<owner>/`` (removed afterwards). A process killed
+    mid-save leaves that folder, which the first save of a later process removes; that process's first save to
+    ``path`` also removes the owner-tagged temporary tars (``.<name>[.<anything>].tmp-<owner>``) left beside
+    ``path`` by killed writers (see :mod:`compat.archive.temp_dirs`).
+
     Raises:
         BadStateDictError, UnsafeTargetError, MissingArtifactError, DanglingArtifactError: nothing is written.
     """
-    with tempfile.TemporaryDirectory(prefix="nemo_save_") as staging:
+    destination = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    sweep_orphans_once(f".{os.path.basename(destination)}.", os.path.dirname(destination))
+    with staging_dir("nemo_save_") as staging:
         write_nemo_folder(
             staging,
             config,

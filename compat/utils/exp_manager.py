@@ -12,7 +12,10 @@ Resume (``resume_if_exists``): the newest ``*-last.ckpt`` in ``checkpoints/`` be
 run continues from it exactly (step, optimizer, schedule, RNG and data position). A folder without checkpoints is
 an error that names ``resume_ignore_no_checkpoint``, or, with that flag, a fresh start with a warning (NeMo 3.0
 crashes there instead). ``resume_from_checkpoint`` names the checkpoint directly. Files of the previous run are
-moved into ``run_<k>/`` as NeMo does.
+moved into ``run_<k>/`` as NeMo does. A damaged newest checkpoint (torn by a full disk, say) is skipped with a
+warning for the newest readable one, and the temporary files of checkpoint writes that a kill interrupted are
+removed from ``checkpoints/`` first (:func:`nemofn.train.checkpoint.remove_orphaned_temps`: only those whose
+process is gone; the count and size are logged).
 
 The config is validated against :class:`ExpManagerConfig` first: an unknown key or a wrong type names the key and
 the closest known one. Features that need packages or services nemofn does not have (MLflow, DLLogger, ClearML,
@@ -32,7 +35,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from nemofn.train.checkpoint import latest_good_checkpoint
+from nemofn.train.checkpoint import latest_good_checkpoint, remove_orphaned_temps
 
 __all__ = ["exp_manager", "ExpManagerConfig", "CallbackParams", "NotFoundError", "LoggerMisconfigurationError",
            "CheckpointMisconfigurationError", "get_log_dir"]
@@ -136,8 +139,8 @@ def _find_resume_checkpoint(ckpt_dir: Path, resume_past_end: bool, ignore_missin
     others = sorted((p for p in ckpt_dir.glob("*.ckpt") if p not in last), key=lambda p: p.stat().st_mtime)
     good = latest_good_checkpoint(last[::-1] + others[::-1])
     if good is None:
-        raise NotFoundError(f"exp_manager: every checkpoint in {ckpt_dir} is damaged ({[p.name for p in last + others]})"
-                            "; remove them to start a fresh run")
+        raise NotFoundError(f"exp_manager: every checkpoint in {ckpt_dir} is damaged "
+                            f"({[p.name for p in last + others]}); remove them to start a fresh run")
     return good
 
 
@@ -253,6 +256,8 @@ def exp_manager(trainer: Any, cfg: DictConfig | dict | None = None) -> Path | No
         use_datetime_version=cfg.use_datetime_version, resume_if_exists=cfg.resume_if_exists)
     params = cfg.checkpoint_callback_params
     ckpt_dir = Path(params.dirpath) if params.get("dirpath") else log_dir / "checkpoints"
+    if _is_zero(trainer):
+        remove_orphaned_temps(ckpt_dir)  # what writes killed mid-way left (only files whose process is gone)
     if cfg.resume_from_checkpoint:
         path = Path(cfg.resume_from_checkpoint)
         if not path.is_file():

@@ -1,13 +1,24 @@
 """Atomic checkpoints of a whole :class:`~nemofn.core.state.TrainState` (with or without Fabric).
 
 A checkpoint file is a dict ``{"train_state": TrainState.state_dict(), "precision": {...}, **extra}``. It is
-written to ``<name>.tmp`` first, flushed to disk (``fsync``), renamed over ``<name>`` (``os.replace``, atomic on POSIX)
-and the folder's entry is flushed too, so neither a crash nor a power loss mid-write leaves a torn or missing file. With Fabric, ``fabric.save`` writes on rank 0 (the DDP rule:
-every rank holds the same state) and all ranks wait for the rename. ``"precision"`` holds Fabric's precision
-plugin state (the ``16-mixed`` GradScaler's scale and growth tracker), which an exact resume also needs.
+written to a temporary file beside it first, flushed to disk (``fsync``), renamed over ``<name>`` (``os.replace``,
+atomic on POSIX) and the folder's entry is flushed too, so neither a crash nor a power loss mid-write leaves a torn
+or missing file. With Fabric, rank 0 writes (the DDP rule: every rank holds the same state) and all ranks wait for
+the rename. ``"precision"`` holds Fabric's precision plugin state (the ``16-mixed`` GradScaler's scale and growth
+tracker), which an exact resume also needs. The file is the one ``fabric.save`` would write, and ``fabric.load``
+reads it; it is not written through ``fabric.save``, whose "atomic" save stages the bytes in a nameless
+``$TMPDIR/tmpXXXXXXXX`` file (fsspec's transaction) that a killed process leaves behind with no way to tell whose
+it was, and holds the checkpoint in memory twice.
 
 Files in a checkpoint directory are named ``step=00000100.ckpt``; ``last.ckpt`` is a copy of the newest one (its own
 file, written the same durable way: a hard link would share every damage with its target).
+
+Temporary files are named for the process that writes them: ``<name>.tmp-<host>-<pid>-<start>`` (``start``: the
+process's start time in clock ticks, so a pid reused by a later process, as in a restarted container, does not
+pass for the writer). A process killed mid-write leaves its temporary file; :func:`remove_orphaned_temps` removes
+those whose writer is gone (never a live process's, nor one of another host, which cannot be checked), logging
+their count and size. It runs by itself once per folder and process: on the first :func:`save_checkpoint` into a
+folder and in :func:`latest_checkpoint` (the resume lookup); ``compat`` also calls it when an experiment starts.
 """
 
 from __future__ import annotations
@@ -17,15 +28,18 @@ import os
 import re
 import shutil
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from nemofn.core.state import ModelState, TrainState
+from nemofn.core.temp_files import owned_temp_name, remove_orphaned_temps, temp_owner_alive
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_model_state", "checkpoint_name", "latest_checkpoint",
-           "checkpoint_problem", "latest_good_checkpoint", "LAST"]
+           "checkpoint_problem", "latest_good_checkpoint", "LAST", "owned_temp_name", "temp_owner_alive",
+           "remove_orphaned_temps"]
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +57,31 @@ def _is_zero(fabric: Any) -> bool:
 
 
 def _check_strategy(fabric: Any) -> None:
-    if fabric is not None and type(fabric.strategy).__name__ in ("FSDPStrategy", "ModelParallelStrategy"):
+    if fabric is None:
+        return
+    from lightning_fabric.strategies import Strategy
+
+    strategy = type(fabric.strategy)
+    if strategy.save_checkpoint is not Strategy.save_checkpoint:  # FSDP, ModelParallel (FSDP2), DeepSpeed, XLA
         raise NotImplementedError(
-            f"checkpointing a TrainState under {type(fabric.strategy).__name__} is not implemented: each rank holds "
-            "shards of the parameters and optimizer state, and save_checkpoint writes one file from rank 0 (the DDP "
-            "layout); use strategy='ddp' to checkpoint, or gather the shards yourself")
+            f"checkpointing a TrainState under {strategy.__name__} is not implemented: it saves its own way (e.g. "
+            "each rank holds shards of the parameters and optimizer state), and save_checkpoint writes one file "
+            "from rank 0 (the DDP layout); use strategy='ddp' to checkpoint, or gather the shards yourself")
+
+
+def _plain(value: Any) -> Any:
+    """What ``fabric.save`` stores for ``value``: its ``state_dict()`` when it has one (a module, an optimizer, a
+    TrainState), else the value itself."""
+    stateful = callable(getattr(value, "state_dict", None)) and callable(getattr(value, "load_state_dict", None))
+    return value.state_dict() if stateful else value
 
 
 def save_checkpoint(path: str | Path, state: TrainState, *, fabric: Any = None,
                     extra: dict[str, Any] | None = None, link_last: bool = False) -> Path:
     """Writes ``state`` (and ``extra`` entries) atomically to ``path``; returns ``path``.
+
+    The first write of a process into a folder also removes the temporary files that killed writers left there
+    (:func:`remove_orphaned_temps`).
 
     Args:
         path: the checkpoint file.
@@ -66,20 +95,15 @@ def save_checkpoint(path: str | Path, state: TrainState, *, fabric: Any = None,
     extra = dict(extra or {})
     if "train_state" in extra or "precision" in extra:
         raise KeyError("extra must not use the reserved keys 'train_state' / 'precision'")
-    tmp = path.with_name(path.name + ".tmp")
+    payload = {"train_state": state.state_dict()}
+    if fabric is not None:
+        payload["precision"] = fabric.strategy.precision.state_dict()
+        extra = {key: _plain(value) for key, value in extra.items()}
+    payload.update(extra)
     if _is_zero(fabric):
         path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        if fabric is None:
-            torch.save({"train_state": state.state_dict(), **extra}, tmp)
-        else:
-            fabric.save(tmp, {"train_state": state, "precision": fabric.strategy.precision, **extra})
-    except BaseException:
-        if _is_zero(fabric):
-            tmp.unlink(missing_ok=True)
-        raise
-    if _is_zero(fabric):
-        _commit(tmp, path)
+        _sweep_once(path.parent)
+        _write_durably(path, lambda tmp: torch.save(payload, tmp))
         if link_last:
             _point_last_at(path)
     if fabric is not None:
@@ -108,9 +132,13 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _commit(tmp: Path, path: Path) -> None:
-    """Durably replaces ``path`` by the finished ``tmp`` (same folder): fsync the data, rename, fsync the folder."""
+def _write_durably(path: Path, write: Callable[[Path], None]) -> None:
+    """Durably replaces ``path`` by what ``write(tmp)`` writes to this process's temporary file beside it: write,
+    fsync the data, rename, fsync the folder. On an error the temporary file is removed (a kill leaves it, for
+    :func:`remove_orphaned_temps`)."""
+    tmp = path.with_name(owned_temp_name(path.name))
     try:
+        write(tmp)
         _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -121,10 +149,7 @@ def _commit(tmp: Path, path: Path) -> None:
 
 def _point_last_at(path: Path) -> None:
     """``last.ckpt`` becomes a durable copy of ``path``."""
-    tmp = path.with_name(LAST + ".tmp")
-    tmp.unlink(missing_ok=True)
-    shutil.copyfile(path, tmp)
-    _commit(tmp, path.with_name(LAST))
+    _write_durably(path.with_name(LAST), lambda tmp: shutil.copyfile(path, tmp))
 
 
 def load_checkpoint(path: str | Path, state: TrainState, *, fabric: Any = None) -> dict[str, Any]:
@@ -170,8 +195,12 @@ def load_model_state(path: str | Path, model: ModelState) -> int:
 
 def latest_checkpoint(directory: str | Path) -> Path | None:
     """The newest readable checkpoint in ``directory``: ``last.ckpt``, else the ``step=N.ckpt`` files from the largest
-    ``N`` down (a damaged file, e.g. truncated by a full disk, is skipped with a warning naming it); else ``None``."""
+    ``N`` down (a damaged file, e.g. truncated by a full disk, is skipped with a warning naming it); else ``None``.
+
+    This is the resume lookup, so the first call of a process for a folder also removes the temporary files that
+    killed writers left there (:func:`remove_orphaned_temps`)."""
     directory = Path(directory)
+    _sweep_once(directory)
     steps = sorted(((int(m.group(1)), p) for p in directory.glob("step=*.ckpt") if (m := _STEP_FILE.match(p.name))),
                    reverse=True)
     candidates = ([directory / LAST] if (directory / LAST).is_file() else []) + [p for _, p in steps]
@@ -197,3 +226,15 @@ def latest_good_checkpoint(candidates: list[Path]) -> Path | None:
             return path
         log.warning("checkpoint %s cannot be read (%s): trying the one before it", path, problem)
     return None
+
+
+# -- temporary files owned by their process (rules in nemofn.core.temp_files) -----------------------------
+
+_SWEPT: set[tuple[int, str]] = set()
+
+
+def _sweep_once(folder: Path) -> None:
+    key = (os.getpid(), os.path.abspath(folder))
+    if key not in _SWEPT:
+        _SWEPT.add(key)
+        remove_orphaned_temps(folder)

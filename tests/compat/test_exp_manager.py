@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from compat.collections.asr.models import ASRModel, EncDecCTCModel
 from compat.core.config.schemas import ConfigError
 from compat.utils.callbacks import format_checkpoint_name
 from compat.utils.exp_manager import LoggerMisconfigurationError, NotFoundError, exp_manager
+from nemofn.train.checkpoint import owned_temp_name
 
 _SPEC = importlib.util.spec_from_file_location("tiny_asr", Path(__file__).with_name("tiny_asr.py"))
 helpers = importlib.util.module_from_spec(_SPEC)
@@ -95,8 +98,16 @@ def _run(corpus, exp_dir, stop_at=None, resume=False):
     return trainer, model
 
 
-def test_resume_if_exists_continues_bitwise_exactly(corpus, tmp_path, caplog):
-    _, full = _run(corpus, tmp_path / "full")
+@pytest.fixture(scope="module")
+def full(corpus, tmp_path_factory):
+    """The uninterrupted run's model."""
+    os.environ.pop("NEMO_EXPM_VERSION", None)
+    _, model = _run(corpus, tmp_path_factory.mktemp("full"))
+    os.environ.pop("NEMO_EXPM_VERSION", None)
+    return model
+
+
+def test_resume_if_exists_continues_bitwise_exactly(corpus, full, tmp_path, caplog):
     first, _ = _run(corpus, tmp_path / "split", stop_at=5, resume=True)  # no checkpoint yet: a fresh start
     assert first.global_step == 5
     with caplog.at_level(logging.INFO, logger="compat"):
@@ -145,3 +156,26 @@ def test_resume_skips_a_damaged_last_checkpoint_with_a_warning(tmp_path, caplog)
     older.write_bytes(b"")
     with pytest.raises(NotFoundError, match="every checkpoint in .* is damaged"):
         _find_resume_checkpoint(ckpt_dir, resume_past_end=False, ignore_missing=False)
+
+
+def test_a_torn_last_checkpoint_is_skipped_and_the_resumed_run_still_ends_bitwise_equal(corpus, full, tmp_path,
+                                                                                        caplog):
+    _run(corpus, tmp_path, stop_at=7, resume=True)  # top-1 checkpoint after the validations at steps 3 and 6
+    ckpts = tmp_path / "R" / "checkpoints"
+    [last] = ckpts.glob("*-last.ckpt")
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # torn, e.g. by a full disk
+    writer = subprocess.Popen([sys.executable, "-c", ""])
+    writer.wait()  # a writer that is gone: its temporary file is what a kill mid-write leaves
+    host = owned_temp_name("").split(".tmp-", 1)[1].rsplit("-", 2)[0]
+    orphan = ckpts / f"{last.name}.tmp-{host}-{writer.pid}-1"
+    orphan.write_bytes(b"half a checkpoint")
+    with caplog.at_level(logging.INFO):
+        resumed, model = _run(corpus, tmp_path, resume=True)
+    assert f"{last.name} cannot be read" in caplog.text and "removed 1 temporary file(s)" in caplog.text
+    assert not orphan.exists()
+    used = Path(resumed.ckpt_path)
+    assert used != last and not used.name.endswith("-last.ckpt") and used.parent == ckpts
+    assert torch.load(used, weights_only=True)["train_state"]["step"] in (3, 6)
+    assert resumed.global_step == 8
+    for key, value in full.state_dict().items():
+        assert torch.equal(value, model.state_dict()[key]), key

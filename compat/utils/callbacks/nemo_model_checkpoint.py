@@ -17,6 +17,8 @@ bitwise exact on CPU fp32), written atomically by ``trainer.save_checkpoint``. T
   files already in ``dirpath`` (their names carry the monitored value), so a resumed run keeps the same top k.
 
 A monitored metric that is never logged is a warning (once), not an error: the last checkpoint is still written.
+Temporary files that saves killed mid-write left in ``dirpath`` are removed when training starts (only those whose
+process is gone: see :func:`nemofn.train.checkpoint.remove_orphaned_temps`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import os
 import re
 from pathlib import Path
 from typing import Any
+
+from nemofn.train.checkpoint import remove_orphaned_temps
 
 __all__ = ["NeMoModelCheckpoint", "format_checkpoint_name"]
 
@@ -109,8 +113,9 @@ class NeMoModelCheckpoint:
             self.dirpath = Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"
         if trainer.is_global_zero:
             self.dirpath.mkdir(parents=True, exist_ok=True)
-            for stale in self.dirpath.glob("*.ckpt.tmp"):
-                stale.unlink()  # a save that was killed mid-write; the previous checkpoint is intact
+            # Saves killed mid-write left their temporary files (the previous checkpoints are intact); exp_manager
+            # removed them already unless this callback was made without it.
+            remove_orphaned_temps(self.dirpath)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         n = self.every_n_train_steps
