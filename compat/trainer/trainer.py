@@ -252,7 +252,8 @@ class Trainer:
             print(model.summarize())
         optimizer, schedule = model.configure_optimizers()
         self._objective = TrainingStepObjective(model)
-        # Like Lightning, no gradient norm without clipping: it would be an extra pass over every gradient per step.
+        # Like Lightning, no gradient norm is reported without clipping. (The step still computes one, unreported, to
+        # leave out steps whose loss or gradient norm is NaN/Inf: StepConfig.skip_nonfinite, nemofn's default.)
         step = StepConfig(self._objective, optimizer, schedule, clip_grad_norm=self.gradient_clip_val,
                           track_grad_norm=self.gradient_clip_val is not None,
                           sync_batchnorm=self.sync_batchnorm and self.world_size > 1)

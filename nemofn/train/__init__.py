@@ -19,6 +19,7 @@ from nemofn.train.data import make_loader
 from nemofn.train.loop import FitConfig, FitContext, FitResult, evaluate, fit
 from nemofn.train.objective import Objective, SupervisedObjective
 from nemofn.train.samplers import EpochBatchSampler, RandomBatchSampler, SemiSortedBatchSampler
+from nemofn.train.skips import NonFiniteLossError, NonFiniteStepWarning
 from nemofn.train.step import eval_step, train_step
 from nemofn.train.step_config import MicroBatches, StepConfig
 
@@ -28,5 +29,5 @@ __all__ = [
     "TreeModule", "FunctionalOptimizerShim", "FabricRuntime", "setup_fabric", "fsdp2_strategy",
     "save_checkpoint", "load_checkpoint", "latest_checkpoint",
     "EpochBatchSampler", "RandomBatchSampler", "SemiSortedBatchSampler", "make_loader",
-    "FitConfig", "FitContext", "FitResult", "fit", "evaluate",
+    "FitConfig", "FitContext", "FitResult", "fit", "evaluate", "NonFiniteLossError", "NonFiniteStepWarning",
 ]

@@ -22,6 +22,12 @@ Extension points, for a front end such as ``compat.Trainer`` (the loop knows not
 Validation follows Lightning's ``val_check_interval`` / ``check_val_every_n_epoch`` (:mod:`nemofn.train.schedule`);
 ``limit_train_batches`` / ``limit_val_batches`` cap the batches per epoch / per validation.
 
+Non-finite steps: ``train_step`` leaves out a step whose loss or gradient norm is NaN/Inf (``StepConfig.
+skip_nonfinite``); the loop counts them on the device and reads the count at log steps (:mod:`nemofn.train.skips`):
+``skipped_steps`` is logged, skips are warned about with the manifest lines of their batches, and
+``FitConfig.max_consecutive_skips`` (default 10) consecutive ones stop the run with
+:class:`~nemofn.train.skips.NonFiniteLossError`.
+
 Multi-process runs: with ``strategy="ddp_spawn"`` Fabric starts the processes, each gets a private copy of the
 given state (the caller's is left unchanged) and ``fit`` returns rank 0's result, on the CPU. With ``"ddp"`` (and
 ``"fsdp2"``) the script itself is re-launched per rank and each process gets its own result. Gradients are averaged
@@ -51,6 +57,7 @@ from nemofn.train.data import limited_batches, make_loader
 from nemofn.train.logging import ProgressBar, make_loggers, to_floats
 from nemofn.train.samplers import is_resumable_sampler
 from nemofn.train.schedule import ValidationSchedule
+from nemofn.train.skips import NonFiniteLossError, SkippedStep, SkipTracker, batch_namer
 from nemofn.train.step import MicroBatches, StepConfig, eval_step, train_step
 
 __all__ = ["FitConfig", "FitResult", "FitContext", "fit", "evaluate", "PRECISIONS"]
@@ -61,6 +68,11 @@ PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 def _positive_or_none(instance: Any, attribute: Any, value: int | None) -> None:
     if value is not None and value <= 0:
         raise ValueError(f"FitConfig.{attribute.name} must be a positive int or None, got {value!r}")
+
+
+def _non_negative_or_none(instance: Any, attribute: Any, value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ValueError(f"FitConfig.{attribute.name} must be an int >= 0 or None, got {value!r}")
 
 
 def _limit(instance: Any, attribute: Any, value: int | float | None) -> None:
@@ -97,6 +109,11 @@ class FitConfig:
             :func:`evaluate`.
         callbacks: objects with loop hook methods (see the module doc).
         progress_bar: show a tqdm bar on rank 0.
+        max_consecutive_skips: stop with :class:`~nemofn.train.skips.NonFiniteLossError` (naming the steps and
+            their batches' manifest lines) once this many consecutive steps were skipped for a non-finite loss or
+            gradient norm (``StepConfig.skip_nonfinite``); ``None`` or 0: never stop. Skips are read at log steps,
+            so the stop can come up to ``log_every_n_steps`` steps late; the parameters are those of the last
+            finite step. Isolated skips are counted (``skipped_steps`` in the logs) and warned about.
     """
 
     max_steps: int | None = attrs.field(default=None, validator=_positive_or_none)
@@ -131,6 +148,7 @@ class FitConfig:
     validate: Callable[..., dict[str, float]] | None = None
     callbacks: Sequence[Any] = ()
     progress_bar: bool = True
+    max_consecutive_skips: int | None = attrs.field(default=10, validator=_non_negative_or_none)
 
     def __attrs_post_init__(self) -> None:
         if self.max_steps is None and self.max_epochs is None:
@@ -149,12 +167,14 @@ class FitResult:
     """What :func:`fit` returns: the final :class:`TrainState` and the logged metrics, one dict per log point.
 
     ``history`` rows hold ``step``, ``epoch``, ``elapsed_s`` (seconds since the loop started, this process) and
-    either the training metrics (``loss``, ``lr``, ``grad_norm``, ``samples_per_s``, the objective's) or the
-    validation metrics (``val_loss`` and the others the validation function names).
+    either the training metrics (``loss``, ``lr``, ``grad_norm``, ``samples_per_s``, ``skipped_steps`` (so far),
+    the objective's) or the validation metrics (``val_loss`` and the others the validation function names).
+    ``skipped_steps``: the steps left out for a non-finite loss or gradient norm in this run (this process).
     """
 
     state: TrainState
     history: list[dict[str, float]]
+    skipped_steps: int = 0
 
 
 @attrs.define(eq=False)
@@ -328,6 +348,9 @@ def _run(fabric: Any, model: ModelState | TrainState, step: StepConfig, train_da
     bar = ProgressBar(total_steps, state.step, cfg.progress_bar and fabric.is_global_zero,
                       samples_per_step=sampler.batch_size * accumulate * fabric.world_size)
     saved_at = -1
+    where = f" (rank {fabric.global_rank}'s batches)" if fabric.world_size > 1 else ""
+    skips = SkipTracker(cfg.max_consecutive_skips, batch_namer(sampler, loader.dataset), warn=fabric.is_global_zero,
+                        where=where)
 
     fabric.call("on_fit_start", ctx)
     if validating and cfg.num_sanity_val_steps > 0:
@@ -352,16 +375,24 @@ def _run(fabric: Any, model: ModelState | TrainState, step: StepConfig, train_da
             ctx.state = state.replace(data=state.data.advance(len(group), batches_per_epoch=per_epoch))
             ctx.current_epoch = epoch
             bar.step()
+            read_due = skips.record(metrics, SkippedStep(ctx.state.step, epoch, done - len(group), len(group)))
             fabric.call("on_train_batch_end", ctx, metrics, done - 1)
 
             if ctx.state.step % cfg.log_every_n_steps == 0:
                 values = to_floats(metrics)
+                values.pop("skipped", None)
+                failure = _read_skips(skips)  # the flags since the last log step (the sync just happened)
+                if step.skip_nonfinite:
+                    values["skipped_steps"] = float(skips.total)
                 values["samples_per_s"] = bar.throughput()
                 fabric.log_dict(values, step=ctx.state.step)
                 ctx.history.append({"step": ctx.state.step, "epoch": ctx.state.data.epoch,
                                     "elapsed_s": bar.elapsed(), **values})
                 bar.show(values)
                 fabric.call("on_log", ctx, values)
+                _raise_if(failure, fabric, bar)
+            elif read_due:
+                _raise_if(_read_skips(skips), fabric, bar)
             if validating and schedule.due(epoch, done, len(group), per_epoch):
                 values = validate(ctx, val_loaders, val_limit)
                 fabric.log_dict(values, step=ctx.state.step)
@@ -378,13 +409,14 @@ def _run(fabric: Any, model: ModelState | TrainState, step: StepConfig, train_da
             if _finished(ctx.state, cfg) or ctx.should_stop:
                 break
 
+    _raise_if(_read_skips(skips), fabric, bar)
     if cfg.checkpoint_dir and cfg.save_last and saved_at != ctx.state.step:
         _save(cfg, ctx.state, fabric)
     bar.close()
     fabric.call("on_fit_end", ctx)
     for logger in fabric.loggers:
         logger.finalize("success")
-    result = FitResult(ctx.state, ctx.history)
+    result = FitResult(ctx.state, ctx.history, skips.total)
     if _spawns(fabric) and fabric.is_global_zero:
         return _Packed.of(_to_cpu(result))  # the worker exits before the parent could map shared tensor memory
     return result
@@ -403,7 +435,25 @@ def _to_cpu(result: FitResult) -> FitResult:
     model = ModelState.create(tree_map(cpu, state.model.params), tree_map(cpu, state.model.buffers))
     opt_state = {k: [cpu(v) for v in vs] if isinstance(vs, list) else cpu(vs) for k, vs in state.opt_state.items()}
     moved = TrainState(model, opt_state, rng=state.rng, step=state.step, data=state.data)
-    return FitResult(moved, result.history)
+    return FitResult(moved, result.history, result.skipped_steps)
+
+
+def _read_skips(skips: SkipTracker) -> NonFiniteLossError | None:
+    """Reads the skip flags (counts, warns); returns the error to raise once the step's logging is done."""
+    try:
+        skips.flush()
+    except NonFiniteLossError as err:
+        return err
+    return None
+
+
+def _raise_if(failure: NonFiniteLossError | None, fabric: Any, bar: ProgressBar) -> None:
+    if failure is None:
+        return
+    bar.close()
+    for logger in fabric.loggers:
+        logger.finalize("failed")  # the logged NaN losses reach the files
+    raise failure
 
 
 def _default_validate(ctx: FitContext, loaders: list[Any], limit: int | float | None) -> dict[str, float]:

@@ -9,6 +9,19 @@ place with the lr ``cfg.schedule(state.step)``. It returns a new state and consu
 Frozen parameters (``requires_grad=False``, e.g. after ``model.encoder.freeze()`` in compat) get no gradient, are
 left out of clipping and of the optimizer update (:func:`nemofn.optim.masked.masked_update`), and stay unchanged.
 
+Non-finite steps (``StepConfig.skip_nonfinite``, on by default): when the loss or the gradient norm (before clipping;
+computed for the check even when it is not reported) is NaN or Inf, the step is left out exactly: parameters,
+buffers (BatchNorm running statistics and ``num_batches_tracked``) and every optimizer-state tensor (moments, step
+counts) stay bitwise as they were, and ``metrics["skipped"]`` is 1. ``state.step`` still advances, and with it the
+lr schedule, the step's RNG key and (in the loop) the data position: the same choice as Lightning, whose
+``global_step`` advances over a step NeMo's ``skip_nan_grad`` zeroes. How (:mod:`nemofn.optim.guard`): on the CPU
+the flag is read (free: nothing runs asynchronously) and the update is not run; on a GPU it is not read (no host
+sync): the update runs as usual, then each tensor keeps either its new value or a copy taken before. Buffers are
+copied before the forward (an objective may write them in place, as compat models do). Under DDP the flag is
+all-reduced (MIN) so that every rank skips together. With ``16-mixed`` GradScaler already skips the optimizer on
+overflow; the guard agrees (the unscaled norm is Inf) and the step counts as skipped. Counting skips and stopping
+after too many in a row is the loop's job (:mod:`nemofn.train.skips`).
+
 Batches are moved to the state's device first (tensors inside tuples, lists and dicts; a no-op for batches a Fabric
 loader already moved), so a state on ``cuda`` takes host batches as they come from a ``DataLoader``.
 
@@ -30,7 +43,9 @@ import torch
 
 from nemofn.core.state import TrainState
 from nemofn.core.tree import tree_copy_
+from nemofn.optim.base import Optimizer
 from nemofn.optim.clip import clip_by_global_norm, global_norm
+from nemofn.optim.guard import Snapshot, UpdateGuard, all_finite
 from nemofn.optim.masked import masked_update
 from nemofn.train.adapter import collect_grads, trainable_indices
 from nemofn.train.data import to_device
@@ -74,8 +89,9 @@ def train_step(state: TrainState, batch: Any, cfg: StepConfig, *,
 
     Returns:
         ``metrics``: ``loss`` (mean over micro-batches), the objective's metrics (means), ``grad_norm`` (before
-        clipping, over the trainable parameters; unless ``track_grad_norm`` is off and there is no clipping), all
-        0-dim tensors on the device, and ``lr`` (float).
+        clipping, over the trainable parameters; unless ``track_grad_norm`` is off and there is no clipping),
+        ``skipped`` (int64 0/1: the update was left out, with ``skip_nonfinite``), all 0-dim tensors on the
+        device, and ``lr`` (float).
     """
     state.check_live()
     micro = batch.batches if isinstance(batch, MicroBatches) else (batch,)
@@ -85,6 +101,8 @@ def train_step(state: TrainState, batch: Any, cfg: StepConfig, *,
     if runtime is not None:
         runtime.shim.param_groups[0]["lr"] = lr  # readable during the forward, as torch.optim's lr is
     state.step_key(0 if runtime is None else runtime.rank).seed_global()
+    # Buffers may be written during the forward (compat models do), so they are copied before it.
+    buffers = Snapshot(model.buffer_list) if cfg.skip_nonfinite else None
 
     loss_sum: torch.Tensor | None = None
     metric_sums: dict[str, torch.Tensor] = {}
@@ -108,24 +126,41 @@ def train_step(state: TrainState, batch: Any, cfg: StepConfig, *,
             metric_sums[k] = v if k not in metric_sums else metric_sums[k] + v
 
     params = model.param_list
+    active = trainable_indices(params)
     grad_norm = None
+    finite = None
     if runtime is None:
-        active = trainable_indices(params)
         grads = collect_grads(params, model.param_names, active)
         if cfg.clip_grad_norm is not None:
             grad_norm = clip_by_global_norm(grads, cfg.clip_grad_norm)
         elif cfg.track_grad_norm:
             grad_norm = global_norm(grads)
-        opt_state = masked_update(cfg.optimizer, params, grads, state.opt_state, active, lr=lr)
+        if cfg.skip_nonfinite:
+            finite = all_finite(loss_sum, grad_norm if grad_norm is not None else global_norm(grads))
+        guard = UpdateGuard(finite, params, state.opt_state, active)
+        opt_state = state.opt_state
+        if guard.run_update:  # false only when a CPU step is known to be non-finite: nothing to undo then
+            opt_state = masked_update(cfg.optimizer, params, grads, opt_state, active, lr=lr)
+        opt_state = guard.settle(opt_state)
     else:
         if cfg.clip_grad_norm is not None or cfg.track_grad_norm:
             max_norm = cfg.clip_grad_norm if cfg.clip_grad_norm is not None else math.inf
             grad_norm = runtime.fabric.clip_gradients(runtime.module, runtime.optimizer, max_norm=max_norm,
                                                       error_if_nonfinite=False)
+        if cfg.skip_nonfinite:
+            # Without clipping the gradients may still be scaled (16-mixed): finite iff their unscaled values are.
+            norm = grad_norm if grad_norm is not None else global_norm([p.grad for p in params if p.grad is not None])
+            finite = _agree_over_ranks(all_finite(loss_sum, norm), runtime)
         shim = runtime.shim
         shim.opt_state = state.opt_state
-        runtime.optimizer.step()
-        opt_state, shim.opt_state = shim.opt_state, None
+        guard = UpdateGuard(finite, params, shim.opt_state, active)
+        # Through the precision plugin even when skipping: GradScaler (16-mixed) keeps its bookkeeping, and skips
+        # the update itself on overflow (the guard then agrees: the unscaled norm is Inf).
+        with contextlib.nullcontext() if guard.run_update else _no_update(shim):
+            runtime.optimizer.step()
+        opt_state, shim.opt_state = guard.settle(shim.opt_state), None
+    if buffers is not None:
+        buffers.restore_unless(finite)
     for p in params:
         p.grad = None
 
@@ -134,8 +169,33 @@ def train_step(state: TrainState, batch: Any, cfg: StepConfig, *,
         out[k] = v / n if n > 1 else v
     if grad_norm is not None:
         out["grad_norm"] = grad_norm
+    if finite is not None:
+        out["skipped"] = torch.logical_not(finite).long()
     state.consume("train_step")
     return attrs.evolve(state, opt_state=opt_state, step=state.step + 1), out
+
+
+_NO_UPDATE = Optimizer("no_update", init=lambda params: {}, update=lambda params, grads, opt_state, *, lr: opt_state)
+
+
+@contextlib.contextmanager
+def _no_update(shim: Any) -> Any:
+    """The optimizer shim steps nothing while inside (a skipped step on the CPU, known on the host)."""
+    functional, shim.functional = shim.functional, _NO_UPDATE
+    try:
+        yield
+    finally:
+        shim.functional = functional
+
+
+def _agree_over_ranks(finite: torch.Tensor, runtime: Any) -> torch.Tensor:
+    """``finite`` on every rank (a MIN all-reduce, no host sync): gradients are already averaged, but a loss is
+    per rank, and all ranks must skip together or their parameters would drift apart."""
+    if runtime.fabric.world_size <= 1 or not torch.distributed.is_initialized():
+        return finite
+    flag = finite.to(torch.int32)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return flag.bool()
 
 
 @torch.no_grad()

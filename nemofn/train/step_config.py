@@ -73,6 +73,10 @@ class StepConfig:
             on the hot path is an error instead of a silent slowdown.
         sync_batchnorm: in training forwards under DDP, BatchNorm layers use the statistics of the whole global
             batch (all-reduced over ranks, as ``nn.SyncBatchNorm``); no effect in a single process.
+        skip_nonfinite: a step whose loss or gradient norm is NaN/Inf changes nothing (parameters, buffers and
+            optimizer state stay bitwise as they were; the step counter still advances) and reports
+            ``skipped = 1``. Decided on the device, no host sync (see :func:`~nemofn.train.step.train_step`).
+            ``False`` applies every update as computed, NaN included.
     """
 
     objective: Objective
@@ -83,6 +87,7 @@ class StepConfig:
     compile: bool = False
     compile_options: dict = attrs.field(factory=lambda: {"fullgraph": True})
     sync_batchnorm: bool = False
+    skip_nonfinite: bool = True
     objective_fn: Callable = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -105,7 +110,7 @@ class StepConfig:
             optimizer = _OptimizerSpec(optimizer.name, dict(optimizer.hparams))
         return (_rebuild_step_config, (self.objective, optimizer, self.schedule, self.clip_grad_norm,
                                        self.track_grad_norm, self.compile, self.compile_options,
-                                       self.sync_batchnorm))
+                                       self.sync_batchnorm, self.skip_nonfinite))
 
 
 @attrs.frozen
