@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from nemofn.core.registry import TargetImportError, UnknownTargetError  # the registry's own errors
+from nemofn.core.schema import ConfigError
 
 __all__ = [
     "NemoArchiveError",
@@ -31,6 +32,13 @@ __all__ = [
     "NonFiniteWeightsError",
     "MissingTargetError",
     "ConfigInterpolationError",
+    "ArchiveTooLargeError",
+    "ExtractionError",
+    "UnsupportedTensorError",
+    "WeightShapeError",
+    "WeightKeysError",
+    "WeightDtypeError",
+    "ArchiveConfigError",
 ]
 
 
@@ -185,7 +193,7 @@ class NonFiniteWeightsError(NemoArchiveError, ValueError):
         super().__init__(f"{path}: {member} holds non-finite weights: {key!r} has {bad} NaN/Inf values of {total}. "
                          f"The model would output NaN; re-export it from a good checkpoint. To load it anyway (for "
                          f"inspection), set NEMOFN_ALLOW_NON_FINITE_WEIGHTS=1 or pass allow_non_finite=True to "
-                         f"NemoArchive.state_dict")
+                         f"restore_from or NemoArchive.state_dict")
         self.path = path
         self.member = member
         self.key = key
@@ -215,3 +223,142 @@ class ConfigInterpolationError(NemoArchiveError, ValueError):
         self.path = path
         self.member = member
         self.key = key
+
+
+def _size(n: int) -> str:
+    """``1536`` -> ``'1,536 bytes (1.5 KiB)'``."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n:,} bytes ({n / scale:.1f} {unit})"
+    return f"{n:,} bytes"
+
+
+class ArchiveTooLargeError(NemoArchiveError, ValueError):
+    """An archive member, the members to extract together, or the model a config describes, past a size limit.
+
+    Raised from the tar headers before anything is written, and again while copying (should a stream yield more
+    than its header said), so a "tar bomb" never fills the disk.
+    """
+
+    def __init__(self, path: str, member: str | None, detail: str, size: int, limit: int, setting: str) -> None:
+        where = f"refusing to extract member {member!r}: " if member else ""
+        super().__init__(
+            f"{path}: {where}{detail} {_size(size)}, more than the limit of {_size(limit)}. The largest real NeMo "
+            f"checkpoints are a few GB; if you trust this file, raise the limit with {setting}."
+        )
+        self.path = path
+        self.member = member
+        self.size = size
+        self.limit = limit
+
+
+class ExtractionError(NemoArchiveError, OSError):
+    """The file system refused to store an archive member (no space left, permissions, ...)."""
+
+    def __init__(self, path: str, member: str, folder: str, cause: OSError) -> None:
+        reason = cause.strerror or str(cause)
+        super().__init__(
+            f"{path}: cannot extract member {member!r} into {folder}: {reason}. Free space or choose another folder "
+            f"(extract_to=, or TMPDIR for the temporary one)."
+        )
+        self.errno = cause.errno
+        self.strerror = cause.strerror
+        self.path = path
+        self.member = member
+
+    def __str__(self) -> str:  # OSError's would print only "[Errno N] strerror" once errno is set
+        return str(self.args[0])
+
+
+class UnsupportedTensorError(NemoArchiveError, TypeError):
+    """A weights entry that is not a plain dense tensor with storage: meta, sparse, quantised or nested."""
+
+    def __init__(self, path: str, member: str, key: str, kind: str) -> None:
+        super().__init__(
+            f"{path}: {member}: entry {key!r} is {kind}; a .nemo's weights are plain dense tensors with data "
+            f"(as torch.save(model.state_dict()) writes them). Re-export the checkpoint from the model it came from."
+        )
+        self.path = path
+        self.member = member
+        self.key = key
+
+
+class WeightShapeError(NemoArchiveError, RuntimeError):
+    """A weight whose shape differs from the one the config implies (checked before the model is allocated)."""
+
+    def __init__(self, path: str, member: str, key: str, checkpoint_shape: tuple, model_shape: tuple) -> None:
+        super().__init__(
+            f"{path}: size mismatch for {key}: {member} holds a tensor of shape {checkpoint_shape}, the model the "
+            f"config describes has {model_shape}. The config and the weights do not belong together (an edited or "
+            f"hostile model_config.yaml?); nothing was built. Use the config the weights were saved with "
+            f"(override_config_path=) or a matching .nemo."
+        )
+        self.path = path
+        self.member = member
+        self.key = key
+        self.checkpoint_shape = checkpoint_shape
+        self.model_shape = model_shape
+
+
+class WeightKeysError(NemoArchiveError, RuntimeError):
+    """With ``strict=True``: weights the model lacks, or model tensors the weights lack (checked before building)."""
+
+    def __init__(self, path: str, member: str, missing: Iterable[str], unexpected: Iterable[str]) -> None:
+        missing, unexpected = list(missing), list(unexpected)
+        parts = []
+        if missing:
+            parts.append(f"Missing key(s) in state_dict: {_listing(missing)}")
+        if unexpected:
+            parts.append(f"Unexpected key(s) in state_dict: {_listing(unexpected)}")
+        super().__init__(
+            f"{path}: {member} does not fit the model the config describes; {'; '.join(parts)}. Nothing was built. "
+            f"Pass strict=False to load a subset."
+        )
+        self.path = path
+        self.member = member
+        self.missing = missing
+        self.unexpected = unexpected
+
+
+class WeightDtypeError(NemoArchiveError, TypeError):
+    """An integer, bool or complex weight where the model has a floating parameter (it would load as garbage)."""
+
+    def __init__(self, path: str, member: str, key: str, checkpoint_dtype: object, model_dtype: object) -> None:
+        super().__init__(
+            f"{path}: {member}: {key!r} holds a {checkpoint_dtype} tensor where the model has a {model_dtype} one; "
+            f"only floating tensors load into floating parameters (float64, float16 and bfloat16 are cast). "
+            f"Re-export the checkpoint from the model it came from."
+        )
+        self.path = path
+        self.member = member
+        self.key = key
+
+
+class ArchiveConfigError(NemoArchiveError, ConfigError):
+    """A model config in an archive that nemofn cannot build (an unknown key, a wrong type, an invalid value such as
+    a negative size): the :class:`~nemofn.core.schema.ConfigError` it raised, naming the archive and member too.
+
+    :meth:`wrap` keeps the original error's class among the bases (a ``DatasetConfigError`` stays one).
+    """
+
+    def __init__(self, path: str, member: str, error: ConfigError) -> None:
+        super().__init__(f"{path}: {member}: {error}", key=error.key, suggestion=error.suggestion)
+        self.path = path
+        self.member = member
+        self.error = error
+
+    @classmethod
+    def wrap(cls, path: str, member: str, error: ConfigError) -> ArchiveConfigError:
+        """``error`` as an :class:`ArchiveConfigError` that is still an instance of ``type(error)``."""
+        kind = cls if type(error) is ConfigError else _with_archive(type(error))
+        return kind(path, member, error)
+
+
+_WITH_ARCHIVE: dict[type, type] = {}
+
+
+def _with_archive(kind: type) -> type:
+    if kind not in _WITH_ARCHIVE:
+        _WITH_ARCHIVE[kind] = type(f"Archive{kind.__name__}", (ArchiveConfigError, kind),
+                                   {"__module__": __name__, "__doc__": ArchiveConfigError.__doc__})
+    return _WITH_ARCHIVE[kind]

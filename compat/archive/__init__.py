@@ -14,8 +14,13 @@ Writing (:func:`save_nemo`) produces exactly NeMo's layout: an uncompressed tar 
 written to a temporary file beside the destination and renamed into place.
 
 Safety: extraction refuses (with :class:`~compat.errors.UnsafeArchiveError`, never silently) absolute member
-names, ``..`` components, links and devices, and never writes outside its folder. Weights are only ever loaded
-with ``torch.load(weights_only=True)``. ``torch`` is imported on first use, so reading a config does not need it.
+names, ``..`` components, links, devices, FIFOs, sparse files and names too long for the file system, and never
+writes outside its folder. Sizes are limited (:class:`ExtractionLimits`: 8 GiB per member, 16 GiB in all, or
+``NEMOFN_MAX_MEMBER_BYTES`` / ``NEMOFN_MAX_TOTAL_BYTES``, or ``max_member_bytes`` / ``max_total_bytes``), from the
+tar headers before writing and again while copying (:class:`~compat.errors.ArchiveTooLargeError`). Weights are only
+ever loaded with ``torch.load(weights_only=True)`` and must be plain dense tensors; their shapes can be read
+without loading them (:meth:`NemoArchive.weight_headers`) and checked against a planned model
+(:meth:`NemoArchive.check_planned_state`). ``torch`` is imported on first use, so reading a config does not need it.
 
 The package is split by job: :mod:`compat.archive.tar` (opening, safe extraction, packing a folder),
 :mod:`compat.archive.reader` (:func:`open_nemo`, :class:`NemoArchive`, config and weight loading) and
@@ -36,13 +41,15 @@ from compat.archive.reader import (
     maybe_update_config_version,
     open_nemo,
 )
-from compat.archive.tar import open_tar, pack_folder, unpack
+from compat.archive.tar import ExtractionLimits, open_tar, pack_folder, parse_size, unpack
 from compat.archive.writer import save_nemo, write_nemo_folder
 
 __all__ = [
     "MODEL_CONFIG_YAML",
     "MODEL_WEIGHTS_CKPT",
     "NemoArchive",
+    "ExtractionLimits",
+    "parse_size",
     "open_nemo",
     "open_tar",
     "unpack",

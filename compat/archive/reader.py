@@ -1,7 +1,10 @@
 """Reading a ``.nemo`` (a tar, or the unpacked folder): :func:`open_nemo` and the :class:`NemoArchive` it returns.
 
 Also NeMo's config rules on the way in (``override_config_path``, the Hydra 0.x upgrade) and weight extraction.
-Weights are only ever loaded with ``torch.load(weights_only=True)``. ``torch`` is imported on first use, so
+Weights are only ever loaded with ``torch.load(weights_only=True)``, and must be plain dense tensors (meta, sparse,
+quantised and nested ones are refused). :meth:`NemoArchive.weight_headers` reads their shapes and dtypes through a
+memory map, without loading them, so a restore compares them with the model its config describes
+(:meth:`NemoArchive.check_planned_state`) before allocating anything. ``torch`` is imported on first use, so
 reading a config does not need it.
 """
 
@@ -10,7 +13,6 @@ from __future__ import annotations
 import copy
 import os
 import shutil
-import tempfile
 import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -18,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from compat.archive._common import MODEL_CONFIG_YAML, MODEL_WEIGHTS_CKPT, _upgrade_hydra0
-from compat.archive.tar import _extract, _list_folder
+from compat.archive.tar import ExtractionLimits, _extract, _list_folder, parse_size
+from compat.archive.temp_dirs import make_temp_dir
 from compat.archive.yaml_budget import check_yaml_budget
 from compat.artifacts import (
     ArtifactPathType,
@@ -29,6 +32,7 @@ from compat.artifacts import (
     specs_from_config,
 )
 from compat.errors import (
+    ArchiveTooLargeError,
     BadOverrideError,
     ConfigInterpolationError,
     CorruptArchiveError,
@@ -38,11 +42,21 @@ from compat.errors import (
     NemoFileNotFoundError,
     NonFiniteWeightsError,
     UnsafeArchiveError,
+    UnsupportedTensorError,
+    WeightDtypeError,
+    WeightKeysError,
+    WeightShapeError,
     YamlBudgetError,
 )
 
 if TYPE_CHECKING:
     import torch
+
+CONFIG_BYTES_ENV = "NEMOFN_MAX_CONFIG_BYTES"
+#: The largest YAML config read (real NeMo configs are well under 1 MB, vocabularies included); parsing is the
+#: costly part, so this is checked before the node budget (:mod:`compat.archive.yaml_budget`).
+DEFAULT_MAX_CONFIG_BYTES = 16 * 2**20
+ALLOW_NON_FINITE_ENV = "NEMOFN_ALLOW_NON_FINITE_WEIGHTS"
 
 
 class NemoArchive:
@@ -55,6 +69,8 @@ class NemoArchive:
         source: absolute path of the ``.nemo`` file or unpacked folder that was opened.
         folder: the folder the members are in.
         members: file member names (no ``./``), archive order for a tar, sorted for a folder.
+        limits: the :class:`~compat.archive.tar.ExtractionLimits` it was opened with (its total also bounds the
+            tensors a restore may allocate beyond those in the weights, see :meth:`check_planned_state`).
     """
 
     def __init__(
@@ -69,6 +85,7 @@ class NemoArchive:
         only_config: bool = False,
         config_name: str = MODEL_CONFIG_YAML,
         weights_name: str = MODEL_WEIGHTS_CKPT,
+        limits: ExtractionLimits | None = None,
     ) -> None:
         self.source = source
         self.folder = folder
@@ -77,7 +94,10 @@ class NemoArchive:
         self.map_location = map_location
         self.config_name = config_name
         self.weights_name = weights_name
+        self.limits = limits if limits is not None else ExtractionLimits.resolve()
         self._extracted = frozenset(extracted)
+        self._headers: dict[str, torch.Tensor] | None = None
+        self._finite_checked = False
         self._cleanup = weakref.finalize(self, shutil.rmtree, folder, True) if owns_folder else None
         self._closed = False
 
@@ -123,6 +143,7 @@ class NemoArchive:
         """The archive's own ``model_config.yaml``, freshly loaded (a new ``DictConfig`` on every call)."""
         file = self.member_path(self.config_name)
         try:
+            _check_config_size(file, self.source, self.config_name)
             check_yaml_budget(file, source=self.source, member=self.config_name)
             conf = OmegaConf.load(file)
         except YamlBudgetError:
@@ -140,15 +161,7 @@ class NemoArchive:
         """The model config as ``restore_from`` sees it: the override if given (see :func:`apply_override`)."""
         return apply_override(self.config() if override_config_path is None else None, override_config_path)
 
-    def state_dict(self, map_location: Any = None, *, allow_non_finite: bool | None = None
-                   ) -> dict[str, torch.Tensor]:
-        """``model_weights.ckpt`` as a flat ``{NeMo state-dict key: Tensor}`` dict, loaded with ``weights_only=True``.
-
-        Args:
-            map_location: as ``torch.load``; defaults to the one given to :func:`open_nemo`, else ``"cpu"``.
-            allow_non_finite: load weights holding NaN / Inf (for forensics); default: refused with
-                :class:`NonFiniteWeightsError`, unless the environment sets ``NEMOFN_ALLOW_NON_FINITE_WEIGHTS=1``.
-        """
+    def _weights_file(self) -> str:
         self._check_open()
         if self.only_config:
             detail = "the archive was opened with only_config=True; open it again without only_config to read weights"
@@ -159,13 +172,90 @@ class NemoArchive:
                 f"tp_rank_XX_pp_rank_XXX/, model_weights/) are not supported; export a single-rank .nemo with NeMo"
             )
             raise MissingWeightsError(self.source, self.weights_name, detail)
+        return self.member_path(self.weights_name)
+
+    def state_dict(self, map_location: Any = None, *, allow_non_finite: bool | None = None
+                   ) -> dict[str, torch.Tensor]:
+        """``model_weights.ckpt`` as a flat ``{NeMo state-dict key: Tensor}`` dict, loaded with ``weights_only=True``.
+
+        Args:
+            map_location: as ``torch.load``; defaults to the one given to :func:`open_nemo`, else ``"cpu"``.
+            allow_non_finite: load weights holding NaN / Inf (for forensics); default: refused with
+                :class:`NonFiniteWeightsError`, unless the environment sets ``NEMOFN_ALLOW_NON_FINITE_WEIGHTS=1``.
+
+        Raises:
+            MissingWeightsError, CorruptArchiveError (a pickle that is not plain tensors), UnsupportedTensorError
+            (meta, sparse, quantised or nested tensors), NonFiniteWeightsError.
+        """
+        file = self._weights_file()
         location = map_location if map_location is not None else self.map_location
-        state = _load_weights(self.member_path(self.weights_name), self.source, self.weights_name, location or "cpu")
-        if allow_non_finite is None:
-            allow_non_finite = os.environ.get("NEMOFN_ALLOW_NON_FINITE_WEIGHTS", "0") not in ("", "0")
-        if not allow_non_finite:
+        state = _load_weights(file, self.source, self.weights_name, location or "cpu")
+        if not _allow_non_finite(allow_non_finite) and not self._finite_checked:
             check_finite(state, self.source, self.weights_name)
+            self._finite_checked = True
         return state
+
+    def weight_headers(self, *, allow_non_finite: bool | None = None) -> dict[str, torch.Tensor]:
+        """The weights' keys, shapes and dtypes, as ``meta`` tensors, read without loading the weights into memory.
+
+        The file is memory-mapped (``torch.load(mmap=True, weights_only=True)``; a legacy non-zip file is loaded
+        instead), its entries are checked as :meth:`state_dict` checks them, and its values are checked to be finite
+        (unless allowed, as in :meth:`state_dict`), so a restore refuses bad weights before it builds anything.
+        The headers are cached (and so is a passed finiteness check).
+        """
+        check = not _allow_non_finite(allow_non_finite) and not self._finite_checked
+        if self._headers is None or check:
+            state = _load_weights(self._weights_file(), self.source, self.weights_name, "cpu", mmap=True)
+            if check:
+                check_finite(state, self.source, self.weights_name)
+                self._finite_checked = True
+            import torch
+
+            self._headers = {key: torch.empty(value.shape, dtype=value.dtype, device="meta")
+                             for key, value in state.items()}
+        return dict(self._headers)
+
+    def check_planned_state(self, planned: Mapping[str, torch.Tensor], *, strict: bool,
+                            headers: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Checks the tensors a model *would* allocate (``meta`` tensors: shapes, dtypes) against the weights.
+
+        Called while restoring, after the config is read and before the model's tensors exist, so a config that
+        does not belong to its weights (an edited ``filters: 20000000``) fails here instead of allocating.
+
+        Args:
+            planned: ``{state-dict key: tensor}`` of the model to build (any device; ``meta`` costs nothing).
+            strict: also refuse keys present on one side only (as ``load_state_dict(strict=True)`` would).
+            headers: the weights' shapes as the model will see them (after the connector's key renames); default
+                :meth:`weight_headers`.
+
+        Raises:
+            WeightShapeError: a shape differs (the key and both shapes are named).
+            WeightDtypeError: an integer / bool / complex weight for a floating tensor.
+            WeightKeysError: with ``strict``, missing or unexpected keys.
+            ArchiveTooLargeError: the planned tensors the weights do not cover take more than
+                ``limits.max_total_bytes`` (those they cover are bounded by the archive itself).
+        """
+        headers = self.weight_headers() if headers is None else headers
+        for key, tensor in planned.items():
+            stored = headers.get(key)
+            if stored is None:
+                continue
+            if tuple(stored.shape) != tuple(tensor.shape):
+                raise WeightShapeError(self.source, self.weights_name, key, tuple(stored.shape), tuple(tensor.shape))
+            if tensor.is_floating_point() and not stored.is_floating_point():
+                raise WeightDtypeError(self.source, self.weights_name, key, stored.dtype, tensor.dtype)
+        if strict:
+            missing = [key for key in planned if key not in headers]
+            unexpected = [key for key in headers if key not in planned]
+            if missing or unexpected:
+                raise WeightKeysError(self.source, self.weights_name, missing, unexpected)
+        # Tensors the weights cover have their shapes, so the archive's own size bounds them; the others are
+        # allocated from the config alone (with strict=False), and those are held to the archive's total limit.
+        uncovered = sum(t.numel() * t.element_size() for key, t in planned.items() if key not in headers)
+        if uncovered > self.limits.max_total_bytes:
+            raise ArchiveTooLargeError(self.source, None, f"the tensors its config describes beyond those in "
+                                                          f"{self.weights_name} would take", uncovered,
+                                       self.limits.max_total_bytes, "max_total_bytes= or NEMOFN_MAX_TOTAL_BYTES")
 
     def locate_artifact(self, value: str, *, verify: bool = True) -> tuple[str, ArtifactPathType] | None:
         """Where an artifact config value points, in NeMo's ``register_artifact`` order (NEMO_FACTS 1.3).
@@ -209,19 +299,23 @@ class NemoArchive:
         return specs_from_config(self.config(), self.source)
 
 
-def _load_weights(file: str, source: str, name: str, map_location: Any) -> dict[str, torch.Tensor]:
+def _load_weights(file: str, source: str, name: str, map_location: Any, *, mmap: bool = False
+                  ) -> dict[str, torch.Tensor]:
     import pickle
+    import zipfile
 
     import torch
 
+    mmap = mmap and zipfile.is_zipfile(file)  # legacy (pre-1.6) torch files cannot be memory-mapped
     try:
-        loaded = torch.load(file, map_location=map_location, weights_only=True)
+        loaded = torch.load(file, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        detail = f"{name} holds objects other than tensors, which torch.load(weights_only=True) refuses: {first_line}"
+        detail = f"{name} holds objects other than tensors, which torch.load(weights_only=True) refuses: " \
+                 f"{_unpickling_reason(exc)}"
         raise CorruptArchiveError(source, detail) from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CorruptArchiveError(source, f"{name} could not be read: {exc}") from exc
+    except (RuntimeError, EOFError, OSError, ValueError, NotImplementedError, zipfile.BadZipFile) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CorruptArchiveError(source, f"{name} could not be read: {first_line}") from exc
     if not isinstance(loaded, Mapping):
         raise MissingWeightsError(source, name, f"it holds a {type(loaded).__name__}, not a dict of tensors")
     state: dict[str, torch.Tensor] = {}
@@ -230,8 +324,51 @@ def _load_weights(file: str, source: str, name: str, map_location: Any) -> dict[
             hint = " (it looks like a Lightning checkpoint, not .nemo weights)" if key == "state_dict" else ""
             detail = f"entry {key!r} is a {type(value).__name__}, not a tensor{hint}"
             raise MissingWeightsError(source, name, detail)
+        kind = _unsupported_kind(value)
+        if kind is not None:
+            raise UnsupportedTensorError(source, name, key, kind)
         state[key] = value
     return state
+
+
+def _unpickling_reason(exc: Exception) -> str:
+    """The line of torch's weights-only refusal that says what was refused (``Unsupported global: GLOBAL ...``)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if "Unsupported" in line or "GLOBAL" in line or "WeightsUnpickler error" in line:
+            return line.split(". Please use")[0]  # not torch's advice to allow-list it: this file is untrusted
+    return lines[0] if lines else type(exc).__name__
+
+
+def _unsupported_kind(tensor: torch.Tensor) -> str | None:
+    """What makes ``tensor`` unusable as a weight (meta, sparse, quantised, nested), or ``None``."""
+    import torch
+
+    if tensor.is_nested:
+        return "a nested tensor"
+    if tensor.layout != torch.strided:
+        return f"a sparse tensor (layout {tensor.layout})"
+    if tensor.is_quantized:
+        return f"a quantised tensor ({tensor.dtype})"
+    if tensor.is_meta:
+        return "a meta tensor (a shape without data)"
+    return None
+
+
+def _allow_non_finite(allow: bool | None) -> bool:
+    if allow is None:
+        return os.environ.get(ALLOW_NON_FINITE_ENV, "0") not in ("", "0")
+    return bool(allow)
+
+
+def _check_config_size(file: str, source: str, member: str) -> None:
+    """Refuses a YAML file past ``NEMOFN_MAX_CONFIG_BYTES`` (default 16 MiB) before it is parsed."""
+    limit = parse_size(os.environ[CONFIG_BYTES_ENV], CONFIG_BYTES_ENV) if os.environ.get(CONFIG_BYTES_ENV) \
+        else DEFAULT_MAX_CONFIG_BYTES
+    size = os.path.getsize(file)
+    if size > limit:
+        raise YamlBudgetError(source, member, f"it is {size:,} bytes, more than the {limit:,} a config may take "
+                                              f"(raise {CONFIG_BYTES_ENV} only for a file you trust)")
 
 
 def _check_interpolations(conf: DictConfig, source: str, member: str) -> None:
@@ -273,6 +410,8 @@ def open_nemo(
     only_config: bool = False,
     config_name: str = MODEL_CONFIG_YAML,
     weights_name: str = MODEL_WEIGHTS_CKPT,
+    max_member_bytes: int | str | None = None,
+    max_total_bytes: int | str | None = None,
 ) -> NemoArchive:
     """Opens a ``.nemo`` file (tar or gzip tar, members with or without ``./``) or an unpacked ``.nemo`` folder.
 
@@ -283,14 +422,19 @@ def open_nemo(
         only_config: extract only the ``*.yaml`` members (for ``return_config``); weights and artifacts are
             then unavailable.
         config_name / weights_name: member names (``SaveRestoreConnector.model_config_yaml`` / ``model_weights_ckpt``).
+        max_member_bytes / max_total_bytes: extraction limits, bytes or ``"512MiB"``; default
+            ``NEMOFN_MAX_MEMBER_BYTES`` / ``NEMOFN_MAX_TOTAL_BYTES``, else 8 GiB / 16 GiB (see
+            :class:`~compat.archive.tar.ExtractionLimits`).
 
     A folder is read in place: ``extract_to`` and ``only_config`` do not apply to it, and closing keeps it.
 
     Raises:
-        NemoFileNotFoundError, CorruptArchiveError, MissingConfigError, UnsafeArchiveError.
+        NemoFileNotFoundError, CorruptArchiveError, MissingConfigError, UnsafeArchiveError, ArchiveTooLargeError,
+        ExtractionError (the file system refused a member: no space, ...).
     """
     source = os.path.abspath(os.path.expanduser(os.fspath(path)))
-    options = dict(map_location=map_location, config_name=config_name, weights_name=weights_name)
+    limits = ExtractionLimits.resolve(max_member_bytes, max_total_bytes)
+    options = dict(map_location=map_location, config_name=config_name, weights_name=weights_name, limits=limits)
     if os.path.isdir(source):
         members = _list_folder(source)
         if config_name not in members:
@@ -299,10 +443,11 @@ def open_nemo(
     if not os.path.isfile(source):
         raise NemoFileNotFoundError(source)
     owns_folder = extract_to is None
-    folder = tempfile.mkdtemp(prefix="nemo_") if owns_folder else os.path.abspath(os.fspath(extract_to))
+    # An owner-tagged folder: one left by a killed restore is removed by the next process (compat.archive.temp_dirs).
+    folder = make_temp_dir("nemo_restore_") if owns_folder else os.path.abspath(os.fspath(extract_to))
     select = (lambda name: name.endswith(".yaml")) if only_config else None
     try:
-        members, extracted = _extract(source, folder, select, config_name)
+        members, extracted = _extract(source, folder, select, config_name, limits)
     except BaseException:
         if owns_folder:
             shutil.rmtree(folder, ignore_errors=True)
@@ -360,9 +505,12 @@ def load_config(path: str | os.PathLike, override_config_path: Any = None, **ope
         return archive.load_config(override_config_path)
 
 
-def load_state_dict(path: str | os.PathLike, map_location: Any = None) -> dict[str, torch.Tensor]:
-    """The weights of a ``.nemo`` (``weights_only=True``) as a flat ``{key: Tensor}`` dict."""
-    with open_nemo(path, map_location=map_location) as archive:
+def load_state_dict(path: str | os.PathLike, map_location: Any = None, **open_kwargs: Any
+                    ) -> dict[str, torch.Tensor]:
+    """The weights of a ``.nemo`` (``weights_only=True``) as a flat ``{key: Tensor}`` dict.
+
+    ``open_kwargs`` go to :func:`open_nemo` (e.g. ``max_total_bytes``)."""
+    with open_nemo(path, map_location=map_location, **open_kwargs) as archive:
         return archive.state_dict()
 
 

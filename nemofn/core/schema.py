@@ -8,7 +8,10 @@ Schemas are dataclasses written the OmegaConf structured-config way (``MISSING``
   values (``choices``) and those nemofn implements (``supported``), a custom ``check``, or a block whose schema
   depends on its content (``select``, e.g. by ``_target_`` or ``name``);
 * :func:`ignored`: a key NeMo knows that has no effect in nemofn (accepted; logged once, at info level);
-* :func:`default_only`: a key accepted only with its default value (another value raises, saying why).
+* :func:`default_only`: a key accepted only with its default value (another value raises, saying why);
+* :func:`positive` / :func:`non_negative`: a size or count (an int, a float or a list of them, e.g. ``kernel:
+  [11]``) that must be > 0 / >= 0, optionally with sentinel values such as NeMo's ``-1`` for "unset"
+  (:func:`at_least` is the ``check`` they use).
 
 :func:`validate` walks a ``DictConfig``, a dict or a dataclass instance without resolving anything: ``???``
 (MISSING) values and ``${...}`` interpolations pass unchecked. Integers are accepted where floats belong (YAML
@@ -54,7 +57,8 @@ from nemofn.core.schema_fields import (
 __all__ = [
     "MISSING", "ConfigError", "FieldSpec", "SchemaField", "option", "ignored", "default_only", "validate",
     "validate_section", "module_kwargs", "to_plain", "resolved_plain", "find_missing", "drop_keys", "schema_fields",
-    "field_spec", "is_required", "defaults_of", "join_key", "closest_key", "reset_logged_keys",
+    "field_spec", "is_required", "defaults_of", "join_key", "closest_key", "reset_logged_keys", "positive",
+    "non_negative", "at_least",
 ]
 
 logger = logging.getLogger(__name__)
@@ -80,6 +84,51 @@ class ConfigError(ValueError):
 def defaults_of(schema: type) -> dict[str, Any]:
     """The schema's defaults as a plain dict (nested schemas expanded; ``???`` where a value must be set)."""
     return {name: to_plain(f.default) for name, f in schema_fields(schema).items()}
+
+
+# ------------------------------------------------------------------------------------------ sizes and counts
+def _numbers(value: Any) -> list:
+    """The numbers in ``value`` (itself, or the items of a list, nested); bools and other values are skipped."""
+    if isinstance(value, (list, tuple)):
+        return [n for item in value for n in _numbers(item)]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [value]
+    return []
+
+
+def at_least(minimum: float, *, strict: bool = False, sentinels: tuple = ()) -> Any:
+    """A ``check`` for sizes and counts: every number of the value (an int, a float, or a list of them) must be
+    ``>= minimum`` (``> minimum`` with ``strict``) or one of ``sentinels``. Null and strings pass (the annotation
+    decides whether they are allowed).
+
+    ``at_least(0, strict=True, sentinels=(-1,))`` gives e.g. ``"must be > 0 (a size or count), or -1"``.
+    """
+    bound = f"{'>' if strict else '>='} {minimum}"
+    also = f", or {' or '.join(repr(s) for s in sentinels)}" if sentinels else ""
+
+    def check(value: Any) -> str | None:
+        for number in _numbers(value):
+            if number in sentinels:
+                continue
+            if number < minimum or (strict and number == minimum):
+                where = f" (the item {number!r})" if isinstance(value, (list, tuple)) else ""
+                return f"must be {bound} (a size or count){also}{where}"
+        return None
+
+    return check
+
+
+def positive(default: Any = MISSING, *, sentinels: tuple = (), types: tuple = (),
+             default_factory: Any = None) -> Any:
+    """A schema field for a size or count that must be > 0 (each item, for a list), or one of ``sentinels``."""
+    return option(default, default_factory=default_factory, types=types,
+                  check=at_least(0, strict=True, sentinels=sentinels))
+
+
+def non_negative(default: Any = MISSING, *, sentinels: tuple = (), types: tuple = (),
+                 default_factory: Any = None) -> Any:
+    """A schema field for a size or count that must be >= 0 (each item, for a list), or one of ``sentinels``."""
+    return option(default, default_factory=default_factory, types=types, check=at_least(0, sentinels=sentinels))
 
 
 # --------------------------------------------------------------------------------------------- plain values
@@ -165,15 +214,18 @@ def join_key(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def closest_key(key: str, candidates: list[str], *, partial: bool = False) -> str | None:
+def closest_key(key: str, candidates: list[str], *, partial: bool = False,
+                cutoff: float | None = None) -> str | None:
     """The candidate most similar to ``key`` (case-insensitive), or None when none is close.
 
     Keys are compared whole (rapidfuzz ``ratio`` >= 60: ``lrr`` -> ``lr``); with ``partial`` a candidate may also
-    contain ``key`` (``WRatio`` >= 80: ``Cosine`` -> ``CosineAnnealing``), which suits class names.
+    contain ``key`` (``WRatio`` >= 80: ``Cosine`` -> ``CosineAnnealing``), which suits class names. ``cutoff``
+    (0-100) replaces the score a candidate needs, e.g. a higher one where a miss is an error rather than a hint.
     """
     if not candidates:
         return None
-    scorer, cutoff = (fuzz.WRatio, 80) if partial else (fuzz.ratio, 60)
+    scorer, default_cutoff = (fuzz.WRatio, 80) if partial else (fuzz.ratio, 60)
+    cutoff = default_cutoff if cutoff is None else cutoff
     best = process.extractOne(key, candidates, scorer=scorer, processor=str.lower, score_cutoff=cutoff)
     return best[0] if best else None
 

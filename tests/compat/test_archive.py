@@ -503,3 +503,55 @@ def test_every_error_is_a_nemo_archive_error() -> None:
             assert issubclass(getattr(errors, name), registry_errors[name]), name
             continue
         assert issubclass(getattr(errors, name), NemoArchiveError), name
+
+
+def test_size_limits_parse_and_resolve(monkeypatch: pytest.MonkeyPatch) -> None:
+    from compat.archive.tar import DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_TOTAL_BYTES, ExtractionLimits, parse_size
+
+    assert (DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_TOTAL_BYTES) == (8 * 2**30, 16 * 2**30)
+    assert [parse_size(v, "x") for v in ("4096", "512MiB", "8GiB", "1.5k", " 2 m ", 7)] == [
+        4096, 512 * 2**20, 8 * 2**30, 1536, 2 * 2**20, 7]
+    for bad in ("lots", "5 MB", "-1", "1e9"):
+        with pytest.raises(ValueError, match="is not a size|is negative"):
+            parse_size(bad, "NEMOFN_MAX_MEMBER_BYTES")
+    monkeypatch.delenv("NEMOFN_MAX_MEMBER_BYTES", raising=False)
+    monkeypatch.setenv("NEMOFN_MAX_TOTAL_BYTES", "1GiB")
+    assert ExtractionLimits.resolve() == ExtractionLimits(8 * 2**30, 2**30)
+    assert ExtractionLimits.resolve(max_total_bytes="2GiB", max_member_bytes=10) == ExtractionLimits(10, 2 * 2**30)
+
+
+def test_limits_apply_to_unpack_and_a_failed_extraction_into_a_folder_keeps_nothing_partial(tmp_path: Path) -> None:
+    from compat.errors import ArchiveTooLargeError
+
+    path = _write_tar(tmp_path / "m.nemo", {"./model_config.yaml": b"a: 1\n", "./model_weights.ckpt": b"w" * 5000})
+    out = tmp_path / "out"
+    with pytest.raises(ArchiveTooLargeError, match="'./model_weights.ckpt': its tar header declares 5,000 bytes") as e:
+        unpack(path, out, max_member_bytes=4096)
+    assert e.value.size == 5000 and e.value.limit == 4096 and e.value.member == "./model_weights.ckpt"
+    assert not out.exists() or not any(out.iterdir()), "sizes are checked from the headers before writing"
+    assert unpack(path, out, max_member_bytes=5000) == ["model_config.yaml", "model_weights.ckpt"]
+    with pytest.raises(ArchiveTooLargeError, match="max_total_bytes= or NEMOFN_MAX_TOTAL_BYTES"):
+        open_nemo(path, max_total_bytes=5004)  # 5 + 5000 bytes
+    with open_nemo(path, only_config=True, max_total_bytes=5004) as archive:  # only the YAML is extracted
+        assert archive.config().a == 1
+
+
+def test_pack_folder_writes_an_owner_tagged_temporary_and_removes_it_on_failure(tmp_path, monkeypatch):
+    from compat.archive import tar as tar_module
+    from nemofn.core.temp_files import temp_owner_alive
+
+    folder = tmp_path / "staged"
+    folder.mkdir()
+    (folder / "model_config.yaml").write_text("a: 1\n")
+    seen = []
+
+    def failing_replace(src, dst):
+        seen.append(os.path.basename(src))
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(tar_module.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk gone"):
+        tar_module.pack_folder(folder, tmp_path / "out" / "m.nemo")
+    (name,) = seen
+    assert name.startswith(".m.nemo.") and temp_owner_alive(name) is True  # tagged: a later save sweeps it if killed
+    assert os.listdir(tmp_path / "out") == []  # nothing half-written stays

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 from pathlib import Path
 
@@ -61,3 +62,56 @@ def test_unresolvable_interpolations_name_the_archive_and_key(nemo3_dir: Path, t
     with pytest.raises(ConfigInterpolationError, match=rf"interp\.nemo: model_config\.yaml: the interpolation at "
                                                        rf"`sample_rate` cannot be resolved: {problem}"):
         ASRModel.restore_from(str(path))
+
+
+@pytest.mark.parametrize("key, value", [("n_heads", -4), ("d_model", 0), ("conv_kernel_size", -9),
+                                        ("subsampling_factor", -4)])
+def test_negative_sizes_are_config_errors_naming_the_archive_and_key(nemo3_dir: Path, tmp_path, key, value):
+    from compat.errors import ArchiveConfigError
+    from nemofn.core.schema import ConfigError
+
+    def edit(cfg):
+        cfg["encoder"][key] = value
+        return yaml.safe_dump(cfg)
+
+    path = _repack(nemo3_dir / "conformer_bpe.nemo", tmp_path / "negative.nemo", edit)
+    with pytest.raises(ArchiveConfigError, match=rf"negative\.nemo: model_config\.yaml: model\.encoder\.{key}: "
+                                                 rf"invalid value {value}: must be > 0") as info:
+        ASRModel.restore_from(str(path), map_location="cpu")
+    assert isinstance(info.value, ConfigError) and info.value.key == f"model.encoder.{key}"
+
+
+def test_nemo_sentinels_stay_valid_and_other_sizes_are_checked():
+    from nemofn.asr.configs.modules import ConformerEncoderConfig, ConvASRDecoderConfig, JasperEncoderConfig
+    from nemofn.core.schema import ConfigError, validate
+
+    conformer = {"feat_in": 80, "n_layers": 2, "d_model": 64, "feat_out": -1, "subsampling_conv_channels": -1,
+                 "subsampling_conv_chunking_factor": -1}
+    validate(conformer, ConformerEncoderConfig)  # NeMo's -1: "the default" / "never"
+    validate({"feat_in": None, "num_classes": -1}, ConvASRDecoderConfig)  # filled by the model
+    block = {"filters": 8, "repeat": 1, "kernel": [3], "stride": [1], "dilation": [1], "dropout": 0.0,
+             "residual": False, "se_context_size": -1, "future_context": -1}
+    validate(block, JasperEncoderConfig)
+    for bad, message in [({"feat_out": -2}, "feat_out: invalid value -2: must be > 0 (a size or count), or -1"),
+                         ({"n_layers": -1}, "n_layers: invalid value -1: must be >= 0")]:
+        with pytest.raises(ConfigError, match=re.escape(f"encoder.{message}")):
+            validate({**conformer, **bad}, ConformerEncoderConfig, "encoder")
+    with pytest.raises(ConfigError, match=r"dilation: invalid value \[1, -2\]: must be > 0 .* \(the item -2\)"):
+        validate({**block, "dilation": [1, -2]}, JasperEncoderConfig)
+    with pytest.raises(ConfigError, match="future_context: invalid value -3"):
+        validate({**block, "future_context": -3}, JasperEncoderConfig)
+
+
+def test_a_dataset_config_error_keeps_its_class_and_names_the_archive(nemo3_dir: Path, tmp_path):
+    from compat.errors import ArchiveConfigError
+    from nemofn.asr.configs.data import DatasetConfigError
+
+    def edit(cfg):
+        cfg["train_ds"]["batch_size"] = "many"
+        return yaml.safe_dump(cfg)
+
+    path = _repack(nemo3_dir / "quartznet_char.nemo", tmp_path / "ds.nemo", edit)
+    with pytest.raises(DatasetConfigError, match=r"ds\.nemo: model_config\.yaml: model\.train_ds\.batch_size: "
+                                                 r"wrong type") as info:
+        ASRModel.restore_from(str(path), map_location="cpu")
+    assert isinstance(info.value, ArchiveConfigError) and isinstance(info.value, NemoArchiveError)

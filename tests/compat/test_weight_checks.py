@@ -70,3 +70,65 @@ def test_other_floating_dtypes_are_cast_as_torch_does():
     for dtype in (torch.float64, torch.float16, torch.bfloat16):
         model.load_state_dict({"w": torch.full((2,), 1.5, dtype=dtype), "n": torch.tensor(3)})
         assert model.params["w"].dtype == torch.float32 and model.params["w"].tolist() == [1.5, 1.5]
+
+
+ALL_REFERENCES = ("quartznet_char", "citrinet_bpe", "conformer_bpe", "fastconformer_bpe", "fastconformer_rnnt_bpe",
+                  "fastconformer_tdt_bpe", "fastconformer_hybrid_bpe")
+
+
+@pytest.mark.parametrize("name", ALL_REFERENCES)
+def test_every_model_kind_is_planned_on_meta_before_allocating(nemo3_dir: Path, name, monkeypatch, caplog):
+    """The shape check needs the unit's init to run on the meta device; a model kind where it cannot would only
+    log a warning and lose the check, so every reference kind is checked here."""
+    from compat.archive import NemoArchive
+
+    seen = {}
+    real = NemoArchive.check_planned_state
+
+    def spy(self, planned, **kwargs):
+        seen.update(devices={t.device.type for t in planned.values()}, keys=set(planned))
+        return real(self, planned, **kwargs)
+
+    monkeypatch.setattr(NemoArchive, "check_planned_state", spy)
+    model = ASRModel.restore_from(str(nemo3_dir / f"{name}.nemo"), map_location="cpu")
+    assert "could not plan" not in caplog.text
+    assert seen["devices"] == {"meta"} and seen["keys"] == set(model.state_dict())
+
+
+def test_a_transducer_config_that_does_not_fit_its_weights_is_refused_before_building(nemo3_dir: Path, tmp_path):
+    import yaml
+
+    from compat.errors import WeightShapeError
+
+    def wider_prediction_net(cfg):
+        cfg["model_defaults"]["pred_hidden"] = 4096
+        cfg["decoder"]["prednet"]["pred_hidden"] = 4096
+        cfg["joint"]["jointnet"]["pred_hidden"] = 4096
+        return yaml.safe_dump(cfg)
+
+    source = nemo3_dir / "fastconformer_rnnt_bpe.nemo"
+    path = tmp_path / "wide.nemo"
+    with tarfile.open(source) as src, tarfile.open(path, "w") as out:
+        for member in src.getmembers():
+            data = src.extractfile(member).read() if member.isfile() else None
+            if member.name.endswith("model_config.yaml"):
+                data = wider_prediction_net(yaml.safe_load(data)).encode()
+                member.size = len(data)
+            out.addfile(member, io.BytesIO(data) if data is not None else None)
+    with pytest.raises(WeightShapeError, match=r"wide\.nemo: size mismatch for decoder\.prediction\.") as info:
+        ASRModel.restore_from(str(path), map_location="cpu")
+    assert 4096 in info.value.model_shape and 4096 not in info.value.checkpoint_shape
+
+
+def test_restore_from_takes_allow_non_finite(nemo3_dir: Path, tmp_path, monkeypatch):
+    key = "decoder.decoder_layers.0.bias"
+    monkeypatch.delenv("NEMOFN_ALLOW_NON_FINITE_WEIGHTS", raising=False)
+    path = _copy_with_weights(nemo3_dir / "quartznet_char.nemo", tmp_path / "nan.nemo",
+                              lambda state: state[key].fill_(float("nan")))
+    with pytest.raises(NonFiniteWeightsError, match="allow_non_finite=True to restore_from"):
+        ASRModel.restore_from(str(path), map_location="cpu")
+    model = ASRModel.restore_from(str(path), map_location="cpu", allow_non_finite=True)
+    assert torch.isnan(model.state_dict()[key]).all()
+    monkeypatch.setenv("NEMOFN_ALLOW_NON_FINITE_WEIGHTS", "1")
+    with pytest.raises(NonFiniteWeightsError):  # the argument wins over the environment
+        ASRModel.restore_from(str(path), map_location="cpu", allow_non_finite=False)

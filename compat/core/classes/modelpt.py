@@ -53,7 +53,7 @@ from torch import nn
 
 from compat.archive import DEFAULT_NEMO_VERSION, maybe_update_config_version
 from compat.artifacts import current_restore_archive
-from compat.core.connectors.save_restore_connector import SaveRestoreConnector
+from compat.core.connectors.save_restore_connector import SaveRestoreConnector, planned_state_guard
 from compat.errors import MissingTargetError, NemoFileNotFoundError, UnknownTargetError
 from nemofn.core.rng import RngKey
 from compat.models.modelpt_data import DataSetupMixin
@@ -172,7 +172,11 @@ class ModelPT(ModuleFace, DataSetupMixin, OptimizationMixin, LightningSteps, Ini
         self.set_trainer(trainer)
         built = self.build_functional(self._cfg)
         self._fn_model = unit if unit is not None else built
-        self._bind_state(state if state is not None else self._fn_model.init_state(self._draw_seed()))
+        if state is None:
+            seed = self._draw_seed()
+            self._check_planned_state(seed)
+            state = self._fn_model.init_state(seed)
+        self._bind_state(state)
         if not self._is_model_being_restored():
             self._auto_setup_data()
 
@@ -344,6 +348,23 @@ class ModelPT(ModuleFace, DataSetupMixin, OptimizationMixin, LightningSteps, Ini
         finally:
             _BEING_RESTORED.reset(token)
 
+    def _check_planned_state(self, seed: int) -> None:
+        """While restoring: the tensors ``init_state`` would allocate, planned on the ``meta`` device (no memory),
+        checked against the archive's weights (:func:`planned_state_guard`), so a config that does not fit its
+        weights (``filters: 20000000``) fails before allocating. Skipped for a class whose ``load_state_dict`` is its
+        own (it may map keys differently) and, with a warning, when the unit cannot be planned on ``meta``."""
+        guard = planned_state_guard()
+        if guard is None or type(self).load_state_dict is not ModuleFace.load_state_dict:
+            return
+        try:
+            with torch.device("meta"):
+                planned = self._fn_model.init_state(seed).state_dict()
+        except Exception as exc:  # noqa: BLE001 - any failure only means the check happens on loading instead
+            log.warning("could not plan %s's tensors on the meta device (%s: %s); its weights' shapes are checked "
+                        "when they are loaded", type(self).__name__, type(exc).__name__, exc)
+            return
+        guard(planned)
+
     @classmethod
     def update_save_restore_connector(cls, save_restore_connector: SaveRestoreConnector) -> None:
         cls._save_restore_connector = save_restore_connector
@@ -351,17 +372,32 @@ class ModelPT(ModuleFace, DataSetupMixin, OptimizationMixin, LightningSteps, Ini
     @classmethod
     def restore_from(cls, restore_path: str, override_config_path: Any = None, map_location: Any = None,
                      strict: bool = True, return_config: bool = False, save_restore_connector: Any = None,
-                     trainer: Any = None, validate_access_integrity: bool = True) -> Any:
+                     trainer: Any = None, validate_access_integrity: bool = True, *,
+                     allow_non_finite: bool | None = None, max_member_bytes: int | str | None = None,
+                     max_total_bytes: int | str | None = None) -> Any:
         """Restores a model from a ``.nemo`` file (or an unpacked folder); returns the class its ``target`` names.
+
+        An untrusted archive is refused, with a named error, before anything is built from it: unsafe or oversized
+        members, YAML bombs, bad interpolations, weights that are not plain finite tensors, and a config whose
+        tensors do not fit the weights (checked on the ``meta`` device, before allocating).
 
         Args:
             restore_path: the ``.nemo`` (``~`` expanded).
             override_config_path: a YAML path or config replacing the archive's (an outer ``model:`` is stripped).
             map_location: device of the weights (default: CUDA when available, else CPU).
-            strict: missing / unexpected keys raise :class:`StateDictMismatchError`.
+            strict: missing / unexpected keys raise :class:`~compat.errors.WeightKeysError`, and shape mismatches
+                (with any ``strict``) :class:`~compat.errors.WeightShapeError`, both found before the model's tensors
+                are allocated (:class:`StateDictMismatchError` on loading, for a class with its own
+                ``load_state_dict``); all are ``RuntimeError``, as in NeMo.
             return_config: return only the config (``DictConfig``).
             save_restore_connector: a (subclassed) :class:`SaveRestoreConnector`.
             trainer: passed to the model's constructor.
+            allow_non_finite: (keyword-only, nemofn) load weights holding NaN / Inf, for inspection; default
+                ``None``: refused with :class:`~compat.errors.NonFiniteWeightsError` unless
+                ``NEMOFN_ALLOW_NON_FINITE_WEIGHTS=1``.
+            max_member_bytes / max_total_bytes: (keyword-only, nemofn) extraction limits in bytes or ``"512MiB"``;
+                default ``NEMOFN_MAX_MEMBER_BYTES`` / ``NEMOFN_MAX_TOTAL_BYTES``, else 8 GiB per member and 16 GiB
+                in all (:class:`~compat.errors.ArchiveTooLargeError`).
         """
         connector = save_restore_connector if save_restore_connector is not None else SaveRestoreConnector()
         extracted = connector.model_extracted_dir
@@ -372,9 +408,12 @@ class ModelPT(ModuleFace, DataSetupMixin, OptimizationMixin, LightningSteps, Ini
             if not os.path.exists(path):
                 raise NemoFileNotFoundError(path)
         cls.update_save_restore_connector(connector)
+        options = dict(allow_non_finite=allow_non_finite, max_member_bytes=max_member_bytes,
+                       max_total_bytes=max_total_bytes)
+        options = {key: value for key, value in options.items() if value is not None}  # NeMo-shaped connectors
         with cls._being_restored():
             instance = connector.restore_from(cls, path, override_config_path, map_location, strict, return_config,
-                                              trainer, validate_access_integrity)
+                                              trainer, validate_access_integrity, **options)
         if isinstance(instance, ModelPT):
             instance._save_restore_connector = connector
             instance.restoration_path = path

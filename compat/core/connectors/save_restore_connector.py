@@ -7,15 +7,24 @@ The connector works with any model object that follows :class:`SavableModel`: ``
 does a small test double. Restoring calls ``calling_cls.from_config_dict(conf, trainer=trainer)`` while the
 archive is open (so ``register_artifact`` finds its files), then ``instance.load_state_dict(sd, strict=strict)``.
 
+Restoring checks an untrusted archive before it builds anything from it: the extraction limits and member checks of
+:func:`compat.archive.open_nemo`, the config's YAML budget and interpolations, then the weights (read through a
+memory map: plain dense finite tensors). While the model is built, :func:`planned_state_guard` gives
+``ModelPT`` the check of the tensors it is about to allocate against the weights' shapes
+(:meth:`compat.archive.NemoArchive.check_planned_state`); config errors are raised naming the archive
+(:class:`~compat.errors.ArchiveConfigError`).
+
 Not supported: nested NeMo models (``register_nemo_submodule``) and model-parallel archives; both raise.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -30,11 +39,61 @@ from compat.artifacts import (
     restoring,
     specs_from_items,
 )
-from compat.errors import MissingArtifactError, MissingTargetError, NemoFileNotFoundError
+from compat.errors import (
+    ArchiveConfigError,
+    MissingArtifactError,
+    MissingTargetError,
+    NemoArchiveError,
+    NemoFileNotFoundError,
+    TargetImportError,
+    UnknownTargetError,
+)
+from nemofn.core.schema import ConfigError
 
-__all__ = ["SaveRestoreConnector", "SavableModel"]
+__all__ = ["SaveRestoreConnector", "SavableModel", "planned_state_guard"]
 
 log = logging.getLogger(__name__)
+
+#: While a restore builds its model: the check of the tensors the model is about to allocate (see
+#: :func:`planned_state_guard`).
+_STATE_GUARD: contextvars.ContextVar[Callable[[Mapping[str, Any]], None] | None] = contextvars.ContextVar(
+    "compat_planned_state_guard", default=None)
+
+
+def planned_state_guard() -> Callable[[Mapping[str, Any]], None] | None:
+    """The check a model being restored calls with the tensors it is about to allocate, or ``None``.
+
+    ``guard(planned)`` takes ``{state-dict key: tensor}`` (``meta`` tensors: shapes and dtypes) and raises
+    :class:`~compat.errors.WeightShapeError` (or ``WeightDtypeError``, ``WeightKeysError``,
+    ``ArchiveTooLargeError``) when they do not fit the archive's weights. ``ModelPT`` calls it before its
+    ``init_state``; a model class whose ``load_state_dict`` maps keys its own way should not.
+    """
+    return _STATE_GUARD.get()
+
+
+@contextlib.contextmanager
+def _guarding(guard: Callable[[Mapping[str, Any]], None] | None) -> Iterator[None]:
+    token = _STATE_GUARD.set(guard)
+    try:
+        yield
+    finally:
+        _STATE_GUARD.reset(token)
+
+
+def _naming_archive(exc: Exception, source: str, member: str) -> Exception:
+    """``exc`` (same class, same attributes) with its message prefixed by the archive and member it came from."""
+    named = type(exc).__new__(type(exc))
+    named.__dict__.update(exc.__dict__)
+    named.args = (f"{source}: {member}: {exc}",)
+    return named
+
+
+def _restore_options(allow_non_finite: bool | None, max_member_bytes: int | str | None,
+                     max_total_bytes: int | str | None) -> dict[str, Any]:
+    """The keyword-only restore options that were given (so connectors with NeMo's signature keep working)."""
+    options = dict(allow_non_finite=allow_non_finite, max_member_bytes=max_member_bytes,
+                   max_total_bytes=max_total_bytes)
+    return {key: value for key, value in options.items() if value is not None}
 
 
 @runtime_checkable
@@ -173,10 +232,17 @@ class SaveRestoreConnector:
         return_config: bool = False,
         trainer: Any = None,
         validate_access_integrity: bool = True,
+        *,
+        allow_non_finite: bool | None = None,
+        max_member_bytes: int | str | None = None,
+        max_total_bytes: int | str | None = None,
     ) -> DictConfig | tuple[DictConfig, Any, dict[str, Any]]:
-        """Reads the config, builds the instance and reads the weights (without loading them into it).
+        """Reads the config, checks the weights, builds the instance and reads the weights (without loading them).
 
-        ``validate_access_integrity`` is accepted for NeMo compatibility and ignored.
+        The weights are checked (plain dense finite tensors, read through a memory map) before the instance is
+        built, and the instance's planned tensors against their shapes while it is built (see
+        :func:`planned_state_guard`). ``validate_access_integrity`` is accepted for NeMo compatibility and ignored.
+        The keyword-only options are :meth:`restore_from`'s.
 
         Returns:
             ``(conf, instance, state_dict)``, or only the config when ``return_config`` is True.
@@ -184,12 +250,15 @@ class SaveRestoreConnector:
         if map_location is None:
             map_location = _default_map_location()
         source = self._source(restore_path)
-        with nemo_archive.open_nemo(source, only_config=return_config, **self._names()) as archive:
+        limits = dict(max_member_bytes=max_member_bytes, max_total_bytes=max_total_bytes)
+        with nemo_archive.open_nemo(source, only_config=return_config, **limits, **self._names()) as archive:
             conf = archive.load_config(override_config_path)
             if return_config:
                 return conf
             OmegaConf.set_struct(conf, True)
-            with restoring(archive):
+            headers = archive.weight_headers(allow_non_finite=allow_non_finite)
+            guard = self._state_guard(archive, conf, headers, strict)
+            with restoring(archive), _guarding(guard):
                 set_state = getattr(calling_cls, "_set_model_restore_state", None)
                 if callable(set_state):
                     set_state(is_being_restored=True, folder=archive.folder)
@@ -197,10 +266,29 @@ class SaveRestoreConnector:
                     instance = calling_cls.from_config_dict(conf, trainer=trainer)
                 except MissingTargetError as exc:
                     raise MissingTargetError(calling_cls.__name__, list(conf.keys()), source) from exc
+                except ConfigError as exc:
+                    if isinstance(exc, NemoArchiveError):
+                        raise
+                    raise ArchiveConfigError.wrap(source, archive.config_name, exc) from exc
+                except (UnknownTargetError, TargetImportError) as exc:
+                    raise _naming_archive(exc, source, archive.config_name) from exc
             if callable(getattr(instance, "to", None)):
                 instance = instance.to(map_location)
-            state_dict = archive.state_dict(map_location=map_location)
+            state_dict = archive.state_dict(map_location=map_location, allow_non_finite=allow_non_finite)
         return conf, instance, state_dict
+
+    def _state_guard(self, archive: Any, conf: DictConfig, headers: dict[str, Any], strict: bool
+                     ) -> Callable[[Mapping[str, Any]], None] | None:
+        """The planned-state check for this restore; ``None`` when a subclass edits the weights its own way (its
+        ``modify_state_dict`` may change more than key names, so the shapes are then only checked on loading)."""
+        if type(self).modify_state_dict is not SaveRestoreConnector.modify_state_dict:
+            return None
+        renamed = self.modify_state_dict(conf, headers)
+
+        def guard(planned: Mapping[str, Any]) -> None:
+            archive.check_planned_state(planned, strict=strict, headers=renamed)
+
+        return guard
 
     def modify_state_dict(self, conf: DictConfig, state_dict: dict[str, Any]) -> dict[str, Any]:
         """Hook to edit the weights before loading; NeMo's base renames ``model.`` under ``megatron_amp_O2``."""
@@ -225,6 +313,10 @@ class SaveRestoreConnector:
         return_config: bool = False,
         trainer: Any = None,
         validate_access_integrity: bool = True,
+        *,
+        allow_non_finite: bool | None = None,
+        max_member_bytes: int | str | None = None,
+        max_total_bytes: int | str | None = None,
     ) -> Any:
         """Restores a model from a ``.nemo`` (or returns its config when ``return_config`` is True).
 
@@ -235,7 +327,13 @@ class SaveRestoreConnector:
             map_location: device for the instance and weights; default ``cuda`` if available, else ``cpu``.
             strict: passed to ``load_state_dict``.
             trainer: passed to ``from_config_dict``.
+            allow_non_finite: load weights holding NaN / Inf (default: refused, unless
+                ``NEMOFN_ALLOW_NON_FINITE_WEIGHTS=1``).
+            max_member_bytes / max_total_bytes: extraction limits, bytes or ``"512MiB"`` (default
+                ``NEMOFN_MAX_MEMBER_BYTES`` / ``NEMOFN_MAX_TOTAL_BYTES``, else 8 GiB / 16 GiB). The total also bounds
+                the tensors the config describes beyond those in the weights.
         """
+        options = _restore_options(allow_non_finite, max_member_bytes, max_total_bytes)
         loaded = self.load_config_and_state_dict(
             calling_cls,
             restore_path,
@@ -245,6 +343,7 @@ class SaveRestoreConnector:
             return_config,
             trainer,
             validate_access_integrity,
+            **options,
         )
         if return_config:
             return loaded

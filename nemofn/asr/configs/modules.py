@@ -12,6 +12,10 @@ leaves a key out gets the constructor's value in NeMo too.
 
 :func:`module_schema` picks the schema a block's ``_target_`` names; :func:`select_module` makes the selector of a
 model-config slot (which modules may stand there).
+
+Sizes and counts are :func:`~nemofn.core.schema.positive` / :func:`~nemofn.core.schema.non_negative` fields, so a
+negative or zero size (``filters: -5``) is a ``ConfigError`` naming its key before any module is built; NeMo's
+``-1`` ("unset", "filled by the model") stays valid where NeMo uses it.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
-from nemofn.core.schema import MISSING, ConfigError, join_key, option
+from nemofn.core.schema import MISSING, ConfigError, join_key, non_negative, option, positive
 
 __all__ = [
     "AudioToMelSpectrogramPreprocessorConfig", "SpectrogramAugmentationConfig", "JasperEncoderConfig",
@@ -37,24 +41,24 @@ class AudioToMelSpectrogramPreprocessorConfig:
     """``preprocessor:`` of :class:`~nemofn.asr.modules.preprocessor.AudioToMelSpectrogramPreprocessor`."""
 
     _target_: str = f"{NEMO_MODULES}.AudioToMelSpectrogramPreprocessor"
-    sample_rate: int = 16000
-    window_size: Optional[float] = 0.02
-    window_stride: Optional[float] = 0.01
-    n_window_size: Optional[int] = None
-    n_window_stride: Optional[int] = None
+    sample_rate: int = positive(16000)
+    window_size: Optional[float] = positive(0.02)
+    window_stride: Optional[float] = positive(0.01)
+    n_window_size: Optional[int] = positive(None)
+    n_window_stride: Optional[int] = positive(None)
     window: Optional[str] = "hann"
     normalize: Any = option("per_feature", types=(str, dict, bool, None))
-    n_fft: Optional[int] = None
+    n_fft: Optional[int] = positive(None)
     preemph: Optional[float] = 0.97
-    features: int = 64
-    lowfreq: float = 0
+    features: int = positive(64)
+    lowfreq: float = non_negative(0)
     highfreq: Optional[float] = None
     log: bool = True
     log_zero_guard_type: str = option("add", choices=("add", "clamp"))
     log_zero_guard_value: Any = option(2**-24, types=(float, str))
-    dither: float = 1e-5
-    pad_to: Any = option(16, types=(int, str))
-    frame_splicing: int = 1
+    dither: float = non_negative(1e-5)
+    pad_to: Any = non_negative(16, types=(int, str))
+    frame_splicing: int = positive(1)
     exact_pad: bool = False
     pad_value: float = 0.0
     mag_power: float = 2.0
@@ -72,13 +76,13 @@ class SpectrogramAugmentationConfig:
     """``spec_augment:`` of :class:`~nemofn.asr.modules.spec_augment.SpectrogramAugmentation`."""
 
     _target_: str = f"{NEMO_MODULES}.SpectrogramAugmentation"
-    freq_masks: int = 0
-    time_masks: int = 0
-    freq_width: int = 10
-    time_width: Any = option(10, types=(int, float))
-    rect_masks: int = 0
-    rect_time: int = 5
-    rect_freq: int = 20
+    freq_masks: int = non_negative(0)
+    time_masks: int = non_negative(0)
+    freq_width: int = non_negative(10)
+    time_width: Any = non_negative(10, types=(int, float))
+    rect_masks: int = non_negative(0)
+    rect_time: int = non_negative(5)
+    rect_freq: int = non_negative(20)
     mask_value: float = 0.0
     use_vectorized_spec_augment: bool = True
     use_numba_spec_augment: bool = False
@@ -93,25 +97,25 @@ class JasperEncoderConfig:
     ``residual_mode: null`` takes the encoder's.
     """
 
-    filters: int = MISSING
-    repeat: int = MISSING
-    kernel: Any = option(MISSING, types=(List[int], int))
-    stride: Any = option(MISSING, types=(List[int], int))
-    dilation: Any = option(MISSING, types=(List[int], int))
+    filters: int = positive()
+    repeat: int = positive()
+    kernel: Any = positive(types=(List[int], int))
+    stride: Any = positive(types=(List[int], int))
+    dilation: Any = positive(types=(List[int], int))
     dropout: float = MISSING
     residual: bool = MISSING
-    groups: int = 1
+    groups: int = positive(1)
     separable: bool = False
-    heads: int = -1
+    heads: int = positive(-1, sentinels=(-1,))
     residual_mode: Optional[str] = None
     residual_dense: bool = False
     se: bool = False
-    se_reduction_ratio: int = 8
-    se_context_size: int = -1
+    se_reduction_ratio: int = positive(8)
+    se_context_size: int = positive(-1, sentinels=(-1,))
     se_interpolation_mode: str = "nearest"
-    kernel_size_factor: float = 1.0
+    kernel_size_factor: float = positive(1.0)
     stride_last: bool = False
-    future_context: int = -1
+    future_context: int = non_negative(-1, sentinels=(-1,))
 
 
 @dataclass
@@ -121,12 +125,12 @@ class ConvASREncoderConfig:
     _target_: str = f"{NEMO_MODULES}.ConvASREncoder"
     jasper: List[JasperEncoderConfig] = MISSING
     activation: str = MISSING
-    feat_in: int = MISSING
+    feat_in: int = positive()
     normalization_mode: str = "batch"
     residual_mode: str = "add"
-    norm_groups: int = -1
+    norm_groups: int = positive(-1, sentinels=(-1,))
     conv_mask: bool = True
-    frame_splicing: int = 1
+    frame_splicing: int = positive(1)
     init_mode: Optional[str] = "xavier_uniform"
     quantize: bool = False
 
@@ -138,29 +142,29 @@ class ConformerEncoderConfig:
     """
 
     _target_: str = f"{NEMO_MODULES}.ConformerEncoder"
-    feat_in: int = MISSING
-    n_layers: int = MISSING
-    d_model: int = MISSING
-    feat_out: int = -1
+    feat_in: int = positive()
+    n_layers: int = non_negative()
+    d_model: int = positive()
+    feat_out: int = positive(-1, sentinels=(-1,))
     causal_downsampling: bool = False
     subsampling: Optional[str] = "striding"
-    subsampling_factor: int = 4
-    subsampling_conv_chunking_factor: int = 1  # 1 auto, -1 never, a power of 2 n: n time chunks
-    subsampling_conv_channels: int = -1
+    subsampling_factor: int = positive(4)
+    subsampling_conv_chunking_factor: int = positive(1, sentinels=(-1,))  # 1 auto, -1 never, a power of 2 n: n chunks
+    subsampling_conv_channels: int = positive(-1, sentinels=(-1,))
     reduction: Optional[str] = None
     reduction_position: Optional[int] = None
-    reduction_factor: int = 1
-    ff_expansion_factor: int = 4
+    reduction_factor: int = positive(1)
+    ff_expansion_factor: int = positive(4)
     self_attention_model: str = "rel_pos"  # rel_pos, rel_pos_local_attn (long audio; needs att_context_size), abs_pos
-    n_heads: int = 4
+    n_heads: int = positive(4)
     att_context_size: Optional[List[Any]] = None  # [left, right], or a list of such pairs
     att_context_probs: Optional[List[float]] = None
     att_context_style: str = "regular"
     att_chunk_context_size: Optional[List[Any]] = None
     xscaling: bool = True
     untie_biases: bool = True
-    pos_emb_max_len: int = 5000
-    conv_kernel_size: int = 31
+    pos_emb_max_len: int = positive(5000)
+    conv_kernel_size: int = positive(31)
     conv_norm_type: str = "batch_norm"
     conv_context_size: Any = option(None, types=(List[int], str, None))
     conv_context_style: str = "regular"
@@ -172,8 +176,8 @@ class ConformerEncoderConfig:
     stochastic_depth_drop_prob: float = 0.0
     stochastic_depth_mode: str = "linear"
     stochastic_depth_start_layer: int = 1
-    global_tokens: int = 0  # global_*: rel_pos_local_attn only
-    global_tokens_spacing: int = 1
+    global_tokens: int = non_negative(0)  # global_*: rel_pos_local_attn only
+    global_tokens_spacing: int = positive(1)
     global_attn_separate: bool = False
     use_pytorch_sdpa: bool = False
     use_pytorch_sdpa_backends: Optional[List[str]] = None
@@ -189,8 +193,8 @@ class ConvASRDecoderConfig:
     """
 
     _target_: str = f"{NEMO_MODULES}.ConvASRDecoder"
-    feat_in: Optional[int] = MISSING
-    num_classes: int = MISSING
+    feat_in: Optional[int] = positive()
+    num_classes: int = positive(sentinels=(-1,))
     init_mode: Optional[str] = "xavier_uniform"
     vocabulary: Optional[List[str]] = None
     add_blank: bool = True
@@ -205,14 +209,14 @@ class RNNTPredNetConfig:
     ``t_max`` (chrono init) is only accepted as null; ``rnn_hidden_size > pred_hidden`` makes a projected LSTM.
     """
 
-    pred_hidden: int = MISSING
-    pred_rnn_layers: int = MISSING
+    pred_hidden: int = positive()
+    pred_rnn_layers: int = positive()
     t_max: Optional[int] = None
     dropout: float = 0.0
     forget_gate_bias: Optional[float] = 1.0
     weights_init_scale: float = 1.0
     hidden_hidden_bias_scale: float = 0.0
-    rnn_hidden_size: int = -1
+    rnn_hidden_size: int = positive(-1, sentinels=(-1,))
 
 
 @dataclass
@@ -225,7 +229,7 @@ class RNNTDecoderConfig:
 
     _target_: str = f"{NEMO_MODULES}.RNNTDecoder"
     prednet: RNNTPredNetConfig = field(default_factory=RNNTPredNetConfig)
-    vocab_size: int = MISSING
+    vocab_size: int = positive()
     normalization_mode: Optional[str] = option(None, choices=(None, "batch", "layer"))
     random_state_sampling: bool = False
     blank_as_pad: bool = True
@@ -240,9 +244,9 @@ class RNNTJointNetConfig:
     """``joint.jointnet`` of :class:`~nemofn.asr.modules.rnnt_joint.RNNTJoint`. ``encoder_hidden`` and
     ``pred_hidden`` are filled by the transducer model from ``model_defaults``."""
 
-    encoder_hidden: int = MISSING
-    pred_hidden: int = MISSING
-    joint_hidden: int = MISSING
+    encoder_hidden: int = positive()
+    pred_hidden: int = positive()
+    joint_hidden: int = positive()
     activation: str = option(MISSING, choices=RNNT_JOINT_ACTIVATIONS)
     dropout: float = 0.0
 
@@ -259,13 +263,13 @@ class RNNTJointConfig:
 
     _target_: str = f"{NEMO_MODULES}.RNNTJoint"
     jointnet: RNNTJointNetConfig = field(default_factory=RNNTJointNetConfig)
-    num_classes: int = MISSING
-    num_extra_outputs: int = 0
+    num_classes: int = positive(sentinels=(-1,))
+    num_extra_outputs: int = non_negative(0)
     vocabulary: Optional[List[str]] = None
     log_softmax: Optional[bool] = None
     preserve_memory: bool = False
     fuse_loss_wer: bool = False
-    fused_batch_size: Optional[int] = None
+    fused_batch_size: Optional[int] = positive(None)
     experimental_fuse_loss_wer: Optional[bool] = None
     masking_prob: float = -1.0
 

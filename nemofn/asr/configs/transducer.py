@@ -42,7 +42,18 @@ from nemofn.asr.configs.modules import (
     select_module,
 )
 from nemofn.asr.configs.optim import select_optim
-from nemofn.core.schema import MISSING, default_only, defaults_of, drop_keys, ignored, option, resolved_plain, validate
+from nemofn.core.schema import (
+    MISSING,
+    default_only,
+    defaults_of,
+    drop_keys,
+    ignored,
+    non_negative,
+    option,
+    positive,
+    resolved_plain,
+    validate,
+)
 
 __all__ = [
     "GreedyRNNTInferConfig", "BeamRNNTInferConfig", "RNNTDecodingConfig", "RNNTBPEDecodingConfig",
@@ -297,11 +308,11 @@ class TransducerModelDefaults:
 
     __open__ = True
 
-    enc_hidden: int = MISSING
-    pred_hidden: int = MISSING
-    joint_hidden: Optional[int] = None
-    tdt_durations: Optional[List[int]] = None
-    num_tdt_durations: Optional[int] = None
+    enc_hidden: int = positive()
+    pred_hidden: int = positive()
+    joint_hidden: Optional[int] = positive(None)
+    tdt_durations: Optional[List[int]] = non_negative(None)
+    num_tdt_durations: Optional[int] = positive(None)
 
 
 def _hidden_sizes(value: Mapping) -> str | None:

@@ -106,10 +106,14 @@ class CTCModel(ASRUnitMixin):
                    unknown_keys=unknown_keys)
 
     @property
-    def ctc_output_frames(self) -> float:
-        """Output frames per second of audio: sample rate / hop length / the encoder's subsampling factor."""
+    def ctc_output_frames(self) -> float | None:
+        """Output frames per second of audio: sample rate / hop length / the encoder's subsampling factor (None for
+        an encoder that does not say its factor: the too-long-for-CTC count is then left out)."""
         pre = self.network.preprocessor
-        return pre.sample_rate / pre.hop_length / self.network.encoder.subsampling_factor
+        factor = getattr(self.network.encoder, "subsampling_factor", None)
+        if not factor or not hasattr(pre, "hop_length"):
+            return None
+        return pre.sample_rate / pre.hop_length / factor
 
     def init_state(self, rng: RngKey | int = 0) -> ModelState:
         """Fresh weights (NeMo's initialisations) as a :class:`ModelState`."""
