@@ -211,7 +211,8 @@ def _loggers(cfg: DictConfig, log_dir: Path, name: str, version: str | None) -> 
 def exp_manager(trainer: Any, cfg: DictConfig | dict | None = None) -> Path | None:
     """Sets up the experiment folder, loggers, checkpointing and resume on ``trainer``; returns the log folder.
 
-    Returns ``None`` (and does nothing) without a config or with ``trainer.fast_dev_run``, as NeMo.
+    Returns ``None`` (and does nothing) without a config or with ``trainer.fast_dev_run``, as NeMo (the config is
+    still checked first).
 
     Raises:
         compat.core.schema.ConfigError-like ``ValueError``: an unknown key or a wrong type (named).
@@ -221,17 +222,17 @@ def exp_manager(trainer: Any, cfg: DictConfig | dict | None = None) -> Path | No
     if cfg is None:
         log.info("exp_manager did not receive a cfg argument: it is disabled")
         return None
-    if getattr(trainer, "fast_dev_run", False):
-        log.info("trainer.fast_dev_run is on: exp_manager creates no folder, logger or checkpoint")
-        return None
-    from compat.core.config.schemas import ExpManagerConfig, validate_section
-
     import dataclasses
+
+    from compat.core.config.schemas import ExpManagerConfig, validate_section
 
     if isinstance(cfg, DictConfig):  # resolve ${...} against the whole experiment config (``name: ${name}``)
         cfg = OmegaConf.to_container(cfg, resolve=True)
-    cfg = OmegaConf.merge(OmegaConf.create(dataclasses.asdict(ExpManagerConfig())),
-                          validate_section(cfg, ExpManagerConfig, "exp_manager"))
+    checked = validate_section(cfg, ExpManagerConfig, "exp_manager")  # a typo fails under fast_dev_run too
+    if getattr(trainer, "fast_dev_run", False):
+        log.info("trainer.fast_dev_run is on: exp_manager creates no folder, logger or checkpoint")
+        return None
+    cfg = OmegaConf.merge(OmegaConf.create(dataclasses.asdict(ExpManagerConfig())), checked)
     for key, what in _UNSUPPORTED_SWITCHES.items():
         if cfg.get(key):
             raise NotImplementedError(f"exp_manager.{key}=true: {what} is not available in compat; turn it off")

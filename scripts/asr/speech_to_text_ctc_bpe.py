@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 import compat.lightning as pl
 from compat.collections.asr.models import EncDecCTCModelBPE
 from compat.core.config import hydra_runner
+from compat.core.config.schemas import validate_experiment_config
 from compat.utils import logging
 from compat.utils.exp_manager import exp_manager
 from compat.utils.trainer_utils import resolve_trainer_cfg
@@ -24,6 +25,7 @@ from compat.utils.trainer_utils import resolve_trainer_cfg
 @hydra_runner(config_path="../../configs/asr", config_name="conformer_ctc_bpe")
 def main(cfg):
     logging.info(f"Hydra config: {OmegaConf.to_yaml(cfg)}")
+    validate_experiment_config(cfg)  # every key, before anything is built: a typo names the closest key
 
     trainer = pl.Trainer(**resolve_trainer_cfg(cfg.trainer))
     exp_manager(trainer, cfg.get("exp_manager", None))

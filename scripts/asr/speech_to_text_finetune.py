@@ -19,6 +19,7 @@ from omegaconf import OmegaConf, open_dict
 import compat.lightning as pl
 from compat.collections.asr.models import ASRModel
 from compat.core.config import hydra_runner
+from compat.core.config.schemas import validate_experiment_config
 from compat.utils import logging
 from compat.utils.exp_manager import exp_manager
 from compat.utils.trainer_utils import resolve_trainer_cfg
@@ -76,6 +77,7 @@ def setup_dataloaders(asr_model, cfg):
 @hydra_runner(config_path="../../configs/asr", config_name="speech_to_text_finetune")
 def main(cfg):
     logging.info(f"Hydra config: {OmegaConf.to_yaml(cfg)}")
+    validate_experiment_config(cfg, finetune=True)  # every key, before anything is built; a typo names the closest
 
     trainer = pl.Trainer(**resolve_trainer_cfg(cfg.trainer))
     exp_manager(trainer, cfg.get("exp_manager", None))

@@ -82,6 +82,8 @@ class TranscriptionConfig:
 
 
 def _refuse_unsupported(cfg: Any) -> None:
+    if (cfg.model_path is None) == (cfg.pretrained_name is None):
+        raise ValueError("give exactly one of model_path (a .nemo file) or pretrained_name")
     for key in ("multitask_decoding", "prompt", "model_change"):
         if cfg[key]:
             raise NotImplementedError(f"{key} is for multitask models, which compat does not have yet")
@@ -120,8 +122,6 @@ def _apply_decoding(model: ASRModel, cfg: Any) -> None:
 
 
 def _load_model(cfg: Any, device: torch.device) -> ASRModel:
-    if (cfg.model_path is None) == (cfg.pretrained_name is None):
-        raise ValueError("give exactly one of model_path (a .nemo file) or pretrained_name")
     if cfg.model_path is not None:
         return ASRModel.restore_from(cfg.model_path, map_location=device)
     return ASRModel.from_pretrained(cfg.pretrained_name, map_location=device)

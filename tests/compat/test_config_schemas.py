@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,113 @@ def test_repo_experiment_configs_validate():
 def test_reference_experiment_configs_validate(nemo3_dir):
     for path in sorted((nemo3_dir / "configs").glob("*.yaml")):
         assert validate_experiment_config(OmegaConf.load(path)) == [], path.name
+
+
+def _repo_config(name: str = "conformer_demo_bpe"):
+    return OmegaConf.load(CONFIG_DIR / f"{name}.yaml")
+
+
+@pytest.mark.parametrize("key,near", [("trainr", "trainer"), ("modle", "model"), ("exp_manger", "exp_manager"),
+                                      ("init_from_nemo_modl", "init_from_nemo_model")])
+def test_top_level_near_misses_are_errors(key, near):
+    cfg = _repo_config()
+    cfg[key] = {"max_steps": 3}
+    with pytest.raises(ConfigError) as info:
+        validate_experiment_config(cfg)
+    assert str(info.value) == f"unknown key {key}; did you mean {near}?"
+    assert (info.value.key, info.value.suggestion) == (key, near)
+    assert validate_experiment_config(cfg, unknown_keys="warn") == [key]
+
+
+def test_top_level_values_for_anchors_and_interpolations_load(caplog):
+    # NeMo's examples/asr/conf/config.yaml keeps values at the top that YAML anchors use
+    text = (CONFIG_DIR / "conformer_demo_bpe.yaml").read_text().replace(
+        "model:\n  sample_rate: 16000\n",
+        "sample_rate: &sample_rate 16000\nrepeat: &repeat 1\ndropout: &dropout 0.0\nseparable: &separable true\n"
+        "labels: &labels [a, b]\nmodel_name: demo\nmodel:\n  sample_rate: *sample_rate\n")
+    cfg = OmegaConf.create(text)
+    assert cfg.model.sample_rate == 16000 and "labels" in cfg
+    cfg.names = "run"  # a near-miss of `name`, but interpolated: a value, not a typo
+    cfg.exp_manager.name = "${names}"
+    with caplog.at_level("INFO", logger="compat.core.config.schemas"):
+        assert validate_experiment_config(cfg) == []
+    logged = {r.getMessage().split()[3]: r.levelname for r in caplog.records}
+    assert logged == dict.fromkeys(["sample_rate", "repeat", "dropout", "separable", "labels", "model_name"], "INFO")
+
+
+def test_top_level_trainer_key_is_a_warning_naming_its_section(caplog):
+    cfg = _repo_config()
+    cfg.max_steps = 3
+    with caplog.at_level("INFO", logger="compat.core.config.schemas"):
+        assert validate_experiment_config(cfg) == []
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "top-level config key max_steps is read by nothing; did you mean trainer.max_steps?")]
+
+
+def test_top_level_known_keys_are_typed():
+    for key, value, message in (("init_from_nemo_model", 3, "init_from_nemo_model: wrong type: got 3 (int)"),
+                                ("init_strict", "yes", "init_strict: wrong type: got 'yes' (str), expected bool"),
+                                ("trainer", [1], "trainer: wrong type")):
+        cfg = _repo_config()
+        cfg[key] = value
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            validate_experiment_config(cfg)
+    cfg = _repo_config()
+    cfg.init_from_nemo_model = {"encoder": {"path": "a.nemo", "include": ["encoder"]}}
+    assert validate_experiment_config(cfg) == []
+
+
+def test_skip_nan_grad_takes_either_value():
+    for name in ("conformer_ctc_bpe", "fastconformer_transducer_bpe", "fastconformer_hybrid_transducer_ctc_bpe"):
+        for value in (True, False):
+            cfg = _repo_config(name)
+            cfg.model.skip_nan_grad = value
+            assert validate_experiment_config(cfg) == [], (name, value)
+
+
+@pytest.mark.parametrize("key,good,bad,message", [
+    ("max_steps", [-1, 0, 5], [-2, -100], "must be >= 0, or -1 for no limit"),
+    ("max_epochs", [None, -1, 0, 3], [-5], "must be >= 0, or -1 for no limit"),
+    ("limit_val_batches", [None, 0, 0.0, 0.25, 1, 1.0, 10, 10.0], [1.5, -0.1, -3], "must be a fraction in [0.0, 1.0]"),
+    ("val_check_interval", [None, 0.5, 1.0, 500], [2.5, -1], "must be a fraction in [0.0, 1.0]"),
+    ("overfit_batches", [0, 0.0, 0.1, 4], [1.5], "must be a fraction in [0.0, 1.0]"),
+    ("fast_dev_run", [True, False, 0, 5], [-1], "must be true, false or a number of batches >= 0"),
+    ("accumulate_grad_batches", [1, 4], [0, -1], "must be >= 1"),
+    ("num_sanity_val_steps", [None, -1, 0, 2], [-2], "must be >= -1"),
+    ("check_val_every_n_epoch", [None, 1, 5], [0], "must be >= 1"),
+    ("num_nodes", [1, 2], [0], "must be >= 1"),
+])  # fmt: skip
+def test_trainer_values_follow_lightnings_checks(key, good, bad, message):
+    for value in good:
+        validate_section({key: value}, TrainerConfig, "trainer")
+    for value in bad:
+        with pytest.raises(ConfigError, match=re.escape(f"trainer.{key}: invalid value {value!r}: {message}")):
+            validate_section({key: value}, TrainerConfig, "trainer")
+
+
+def test_declared_keys_of_the_blocks_hydra_can_refuse():
+    from compat.core.config.schemas import declared_keys
+
+    assert "init_from_nemo_model" in declared_keys("") and "max_steps" in declared_keys("trainer")
+    assert "every_n_train_steps" in declared_keys("exp_manager.checkpoint_callback_params")
+    model = _repo_config().model
+    assert "log_prediction" in declared_keys("model", model) and "labels" not in declared_keys("model", model)
+    assert "labels" in declared_keys("model", _repo_config("quartznet_15x5").model)
+    assert declared_keys("exp_manager.name") is None and declared_keys("model.encoder", model.encoder) is None
+
+
+def test_resolve_trainer_cfg_checks_before_it_resolves_or_instantiates():
+    from compat.utils.trainer_utils import resolve_trainer_cfg
+
+    with pytest.raises(ConfigError, match=re.escape("trainer.max_steps: wrong type: got 'abc' (str), expected int")):
+        resolve_trainer_cfg(OmegaConf.create({"max_steps": "abc"}))
+    # the typo is named, not the failure to import a callback class or to resolve an interpolation
+    with pytest.raises(ConfigError, match="unknown key trainer.max_stepz; did you mean trainer.max_steps"):
+        resolve_trainer_cfg({"max_stepz": 3, "callbacks": [{"_target_": "no.such.Callback"}]})
+    with pytest.raises(ConfigError, match="unknown key trainer.max_epoch;"):
+        resolve_trainer_cfg(OmegaConf.create({"max_epoch": "${missing}"}))
+    # what an interpolation gives is checked too
+    cfg = OmegaConf.create({"steps": "many", "trainer": {"max_steps": "${steps}"}})
+    with pytest.raises(ConfigError, match="trainer.max_steps: wrong type: got 'many'"):
+        resolve_trainer_cfg(cfg.trainer)
+    assert resolve_trainer_cfg(OmegaConf.create({"n": 7, "t": {"max_steps": "${n}"}}).t) == {"max_steps": 7}

@@ -134,6 +134,8 @@ def test_configuration_errors_are_named(tmp_path):
     with pytest.raises(LoggerMisconfigurationError, match="trainer.logger=false"):
         exp_manager(with_logger, {"exp_dir": str(tmp_path)})
     assert exp_manager(Trainer(fast_dev_run=True, **QUIET), {"exp_dir": str(tmp_path)}) is None
+    with pytest.raises(ConfigError, match=r"exp_manager.resum_if_exists; did you mean exp_manager.resume_if_exists"):
+        exp_manager(Trainer(fast_dev_run=True, **QUIET), {"exp_dir": str(tmp_path), "resum_if_exists": True})
     with pytest.raises(NotImplementedError, match="create_mlflow_logger"):
         exp_manager(trainer, {"exp_dir": str(tmp_path), "create_mlflow_logger": True})
 

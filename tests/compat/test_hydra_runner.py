@@ -493,3 +493,141 @@ def test_schema_without_any_config_name_is_an_error(tmp_path):
     assert result.returncode == 1
     assert "hydra_runner(schema=...) needs a config name" in result.stderr
     assert "ran" not in result.stdout
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Unknown keys: the closest known key, and short messages for config errors
+
+
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (["model.optim.lrr=1"], "unknown key model.optim.lrr; did you mean model.optim.lr?"),
+        (["trainr.devices=2"], "unknown key trainr; did you mean trainer?"),
+        (["-m", "model.optimm.lr=1,2"], "unknown key model.optimm; did you mean model.optim?"),
+        (["model.optim.zzz=1"], "unknown key model.optim.zzz (model.optim keys: betas, lr)"),
+        # a Lightning Trainer argument the YAML leaves out: Hydra's "+" advice is the right one
+        (["trainer.max_steps=3"],
+         "(trainer.max_steps is a valid key that this config leaves out: the + prefix adds it)"),
+    ],
+)  # fmt: skip
+def test_override_of_a_missing_key_names_the_closest_one(project, args, hint):
+    result = _run(project, *args)
+    assert result.returncode == 1
+    assert "To append to your config use +" in result.stderr  # Hydra's own message comes first
+    assert result.stderr.rstrip().endswith(hint), result.stderr
+    assert "Traceback" not in result.stderr and _tasks(result.stdout) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["+model.optim.lrr=1"], "ConfigError: unknown key model.optim.lrr; did you mean model.optim.lr?"),
+        (["+trainr.devices=2"], "ConfigError: unknown key trainr; did you mean trainer?"),
+        (["+model.extra.x=1"], "ConfigError: unknown key model.extra (model keys: double_lr, drop_me, gpu, optim, "
+                               "total)"),
+        (["++model.optim.lrr=1"], "ConfigError: unknown key model.optim.lrr; did you mean model.optim.lr?"),
+    ],
+)  # fmt: skip
+def test_schema_refuses_keys_added_with_plus(project, args, message):
+    result = _run(project, *args, script=project.schema_script)
+    assert result.returncode == 1, result.stdout
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and _tasks(result.stdout) == []
+
+
+def test_schema_allows_what_it_declares_and_free_form_blocks(tmp_path):
+    code = textwrap.dedent(
+        """
+        import dataclasses, json
+        from typing import Any, Dict, List, Optional
+        from omegaconf import OmegaConf
+        from compat.core.config import hydra_runner
+
+        @dataclasses.dataclass
+        class Item:
+            a: int = 1
+
+        @dataclasses.dataclass
+        class Schema:
+            free: Dict[str, Any] = dataclasses.field(default_factory=dict)
+            items: List[Item] = dataclasses.field(default_factory=lambda: [Item()])
+            later: Optional[Item] = None
+            path: Optional[str] = None
+
+        @hydra_runner(config_name="Schema", schema=Schema)
+        def main(cfg):
+            print("TASK " + json.dumps(OmegaConf.to_container(cfg)))
+
+        main()
+        """
+    )
+    script = tmp_path / "free.py"
+    script.write_text(code)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+    env.pop("HYDRA_FULL_ERROR", None)
+    ok = subprocess.run([sys.executable, str(script), "+free.anything=1", "path=x"], capture_output=True, text=True,
+                        env=env, timeout=120, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert _tasks(ok.stdout) == [{"free": {"anything": 1}, "items": [{"a": 1}], "later": None, "path": "x"}]
+    bad = subprocess.run([sys.executable, str(script), "+items.0.aa=2"], capture_output=True, text=True, env=env,
+                         timeout=120, cwd=tmp_path)
+    assert bad.returncode == 1 and _tasks(bad.stdout) == []
+    assert "ConfigError: unknown key items[0].aa; did you mean items[0].a?" in bad.stderr, bad.stderr
+
+
+TASK_CONFIG_ERROR = """\
+from compat.core.config import hydra_runner
+from nemofn.core.schema import ConfigError
+
+@hydra_runner(config_path="../conf", config_name="config")
+def main(cfg):
+    raise ConfigError("unknown key model.optim.lrr; did you mean model.optim.lr?", key="model.optim.lrr")
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_config_error_of_the_task_is_one_short_message(project):
+    script = project.script.with_name("config_error.py")
+    script.write_text(TASK_CONFIG_ERROR)
+    result = _run(project, script=script)
+    assert result.returncode == 1
+    assert "ConfigError: unknown key model.optim.lrr; did you mean model.optim.lr?" in result.stderr
+    assert "Traceback" not in result.stderr and "HYDRA_FULL_ERROR=1" in result.stderr
+    env = dict(os.environ, HYDRA_FULL_ERROR="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(project.root / "nvml_absent"), str(REPO_ROOT), env.get("PYTHONPATH", "")])
+    full = subprocess.run([sys.executable, str(script)], cwd=project.work, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert full.returncode == 1 and "Traceback" in full.stderr
+    assert "nemofn.core.schema.ConfigError: unknown key model.optim.lrr" in full.stderr  # the original, chained
+
+
+def test_config_error_passes_through_unchanged_without_hydra():
+    from compat.core.config import hydra_runner
+    from nemofn.core.schema import ConfigError
+
+    @hydra_runner(config_path="does/not/exist", config_name="nothing")
+    def main(cfg):
+        raise ConfigError("bad key", key="a")
+
+    with pytest.raises(ConfigError, match="bad key"):
+        main(OmegaConf.create({"a": 1}))
+
+
+def test_override_hint_only_for_missing_keys():
+    from hydra.errors import ConfigCompositionException
+
+    from compat.core.config.hydra_runner import _override_hint
+
+    cfg = OmegaConf.create({"model": {"optim": {"lr": 1}}})
+    OmegaConf.set_struct(cfg, True)
+    try:
+        OmegaConf.update(cfg, "model.optimm.lr", 2, merge=True)
+    except Exception as err:  # what Hydra wraps into its ConfigCompositionException
+        composed = ConfigCompositionException("Could not override 'model.optimm.lr'.")
+        composed.__cause__ = err
+    assert _override_hint(composed) == "unknown key model.optimm; did you mean model.optim?"
+    assert _override_hint(ConfigCompositionException("no cause")) is None
+    assert _override_hint(RuntimeError("other")) is None and _override_hint(None) is None

@@ -15,6 +15,8 @@ _LAZY = {
     "TrainerConfig": "compat.core.config.schemas",
     "ExpManagerConfig": "compat.core.config.schemas",
     "CallbackParams": "compat.core.config.schemas",
+    "ExperimentConfig": "compat.core.config.schemas",
+    "validate_experiment_config": "compat.core.config.schemas",
 }
 
 __all__ = ["hydra_runner", *sorted(_LAZY)]

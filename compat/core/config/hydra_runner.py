@@ -21,7 +21,14 @@ What it does beyond ``hydra.main`` (the same as NeMo's ``nemo.core.config.hydra_
 * ``schema``: a structured-config dataclass registered in Hydra's ``ConfigStore`` under the config's name, so
   Hydra validates the YAML and every override against it (a key missing from the schema or a value of the wrong
   type is an error) and fills in the schema's defaults. The name is the one Hydra will load (``--config-name``
-  when given), so that name must be a bare file name: put its folder in ``--config-path``.
+  when given), so that name must be a bare file name: put its folder in ``--config-path``. Hydra lets ``+key=v``
+  add a key the schema does not declare; here that is an error too (``unknown key model_pat; did you mean
+  model_path?``), raised before the task runs.
+* Config errors read as one short message, with the closest known key. A ``nemofn.core.schema.ConfigError`` out
+  of the task (the training scripts validate their whole config first) is printed as Hydra prints its own
+  errors, without a traceback (``HYDRA_FULL_ERROR=1`` shows it). An override of a key that is not in the config
+  (``model.optimm.lr=0.1``: Hydra's "Could not override ... Key 'optimm' is not in struct") gets one more line,
+  ``unknown key model.optimm; did you mean model.optim?``, as Hydra's message only suggests the ``+`` prefix.
 * The OmegaConf resolvers ``${multiply:a,b}``, ``${sum:a,b}`` and ``${gpu_name:}`` (``"a100"`` / ``"h100"`` from
   the first GPU's compute capability 8 / 9 as NeMo does, else ``None``; also ``None`` without NVIDIA's ``pynvml``
   or without a driver) are registered when this module is imported.
@@ -52,6 +59,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import functools
 import os
 import sys
@@ -64,8 +72,12 @@ from typing import Any
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException, ConfigCompositionException
 from hydra.types import RunMode, TaskFunction
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+from nemofn.core.schema import ConfigError, closest_key, join_key
 
 __all__ = ["hydra_runner"]
 
@@ -244,6 +256,63 @@ def _schema_matching_allowed() -> Iterator[None]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Config errors: one short message naming the key and the closest known one
+
+
+class ConfigValidationError(CompactHydraException):
+    """A config error out of a task run by Hydra; Hydra prints its message alone (no traceback) and exits 1."""
+
+
+def _unknown_key_message(full_key: str, key: str, known: list[str]) -> str:
+    parent = full_key[: -len(key) - 1] if full_key.endswith("." + key) else ""
+    near = closest_key(key, known)
+    if near is not None:
+        return f"unknown key {full_key}; did you mean {join_key(parent, near)}?"
+    return f"unknown key {full_key} ({parent or 'top-level'} keys: {', '.join(sorted(known))})"
+
+
+def _undeclared_keys(node: Any, path: str = "") -> None:
+    """Raises ``ConfigError`` for a key of a structured (dataclass-typed) node that its dataclass does not declare.
+
+    Hydra's ``+key=value`` adds such keys (it opens the node); the schema's fields are the only keys a script reads.
+    """
+    if isinstance(node, DictConfig):
+        if len(node) == 0:  # empty, ??? or null
+            return
+        kind = OmegaConf.get_type(node)
+        declared = [f.name for f in dataclasses.fields(kind)] if dataclasses.is_dataclass(kind) else None
+        for key, value in node.items_ex(resolve=False):
+            full = join_key(path, str(key))
+            if declared is not None and key not in declared:
+                raise ConfigError(_unknown_key_message(full, str(key), declared), key=full)
+            _undeclared_keys(value, full)
+    elif isinstance(node, ListConfig):
+        for i in range(len(node)):  # 0 for ??? and null
+            if not OmegaConf.is_interpolation(node, i):
+                _undeclared_keys(node[i], f"{path}[{i}]")
+
+
+def _override_hint(error: BaseException | None) -> str | None:
+    """For Hydra's failed override of a key that is not in the config: ``unknown key a.b; did you mean a.c?``."""
+    cause = error.__cause__ if isinstance(error, ConfigCompositionException) else None
+    if not isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
+        return None
+    parent, key, full = cause.parent_node, cause.key, cause.full_key
+    if not isinstance(parent, DictConfig) or not isinstance(key, str) or not full:
+        return None
+    known = [str(k) for k in parent.keys()]
+    path = full[: -len(key) - 1] if full.endswith("." + key) else ""
+    if path or any(section in parent for section in ("model", "trainer", "exp_manager")):  # a training config
+        from compat.core.config.schemas import declared_keys  # the training scripts' schemas (error path only)
+
+        declared = declared_keys(path, parent) or []
+        if key in declared:
+            return f"({full} is a valid key that this config leaves out: the + prefix adds it)"
+        known += [k for k in declared if k not in known]
+    return _unknown_key_message(full, key, known)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # The decorator
 
 
@@ -259,7 +328,12 @@ def _run_with_hydra(
 
     @functools.wraps(task_function)  # Hydra follows __wrapped__ to find the script (config_path is relative to it)
     def task(cfg: DictConfig) -> Any:
-        value = task_function(cfg)
+        try:
+            if schema is not None:
+                _undeclared_keys(cfg)
+            value = task_function(cfg)
+        except ConfigError as err:
+            raise ConfigValidationError(f"{type(err).__name__}: {err}") from err
         if HydraConfig.get().mode == RunMode.RUN:
             single_run.append(value)
         return value
@@ -269,6 +343,12 @@ def _run_with_hydra(
     try:
         with _hydra_defaults(sweep_dir), _schema_matching_allowed():
             hydra.main(config_path=config_path, config_name=config_name, version_base=HYDRA_VERSION_BASE)(task)()
+    except SystemExit as stop:
+        # Hydra has printed its error and exits; the error it reported is the context of its SystemExit
+        hint = _override_hint(stop.__context__) if stop.code == 1 else None
+        if hint:
+            sys.stderr.write(hint + "\n")
+        raise
     finally:
         _prune_bookkeeping_only_sweep(cwd / sweep_dir, stop_at=cwd)
     return single_run[0] if len(single_run) == 1 else None

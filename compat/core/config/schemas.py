@@ -8,25 +8,67 @@ defaults. Check a block with::
 
     trainer = validate_section(cfg.trainer, TrainerConfig, "trainer")   # ConfigError naming trainer.max_stepz
 
-or a whole experiment (``model``, ``trainer`` and ``exp_manager``) with :func:`validate_experiment_config`.
+or a whole experiment (its top level, ``model``, ``trainer`` and ``exp_manager``) with
+:func:`validate_experiment_config`, which the training scripts call before they build anything.
+
+The top level (:class:`ExperimentConfig`) holds what NeMo's scripts read there (``name``, the three sections,
+``init_from_*``). NeMo's configs also keep values there that YAML anchors or ``${...}`` interpolations use
+(``sample_rate: &sample_rate 16000`` in ``examples/asr/conf/config.yaml``), so another top-level key is an error
+only when it is a near-miss of a known one (``trainr`` for ``trainer``) and nothing interpolates it; otherwise it is
+logged (a warning when it is the name of a ``trainer`` or ``exp_manager`` key: ``max_steps`` for
+``trainer.max_steps``).
+
+Values follow Lightning's own checks (``max_steps`` >= -1, ``limit_val_batches`` a fraction in [0, 1] or a whole
+number of batches, ...), so a config Lightning would refuse is refused here too, naming the key.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from nemofn.asr.configs.models import validate_model_config
-from nemofn.core.schema import ConfigError, option, to_plain, validate, validate_section
+from nemofn.asr.configs.models import model_schema, validate_model_config
+from nemofn.core.schema import ConfigError, closest_key, option, schema_fields, to_plain, validate, validate_section
 
 __all__ = [
-    "TrainerConfig", "ExpManagerConfig", "CallbackParams", "EarlyStoppingParams", "IPLEpochStopperParams",
-    "StepTimingParams", "EMAParams", "StragglerDetectionParams", "FaultToleranceParams", "MLFlowParams",
-    "DLLoggerParams", "ClearMLParams", "validate_section", "validate_experiment_config", "ConfigError",
+    "ExperimentConfig", "TrainerConfig", "ExpManagerConfig", "CallbackParams", "EarlyStoppingParams",
+    "IPLEpochStopperParams", "StepTimingParams", "EMAParams", "StragglerDetectionParams", "FaultToleranceParams",
+    "MLFlowParams", "DLLoggerParams", "ClearMLParams", "validate_section", "validate_experiment_config",
+    "declared_keys", "ConfigError",
 ]
+
+logger = logging.getLogger(__name__)
 
 _PRECISIONS = (64, 32, 16, "64", "32", "16", "bf16", "16-true", "16-mixed", "bf16-true", "bf16-mixed", "32-true",
                "64-true", "transformer-engine", "transformer-engine-float16")
+
+
+def _steps_limit(value: Any) -> str | None:
+    """Lightning's rule for ``max_steps`` / ``max_epochs``."""
+    return "must be >= 0, or -1 for no limit (as in Lightning)" if value is not None and value < -1 else None
+
+
+def _batches(value: Any) -> str | None:
+    """Lightning's rule for ``limit_*_batches``, ``overfit_batches`` and ``val_check_interval``."""
+    if value is None or 0 <= value <= 1 or (value > 1 and value % 1 == 0):
+        return None
+    return "must be a fraction in [0.0, 1.0] or a whole number of batches (as in Lightning)"
+
+
+def _at_least(minimum: int) -> Any:
+    def check(value: Any) -> str | None:
+        return f"must be >= {minimum}" if value is not None and value < minimum else None
+
+    return check
+
+
+def _fast_dev_run(value: Any) -> str | None:
+    if not isinstance(value, bool) and value < 0:
+        return "must be true, false or a number of batches >= 0 (as in Lightning)"
+    return None
 
 
 @dataclass
@@ -40,29 +82,29 @@ class TrainerConfig:
     accelerator: Any = option("auto", types=(str, dict))
     strategy: Any = option("auto", types=(str, dict))
     devices: Any = option("auto", types=(int, str, List[int]))
-    num_nodes: int = 1
+    num_nodes: int = option(1, check=_at_least(1))
     precision: Optional[Any] = option(None, types=(int, str, None), choices=_PRECISIONS)
     logger: Optional[Any] = option(None, types=(bool, dict, list, None))
     callbacks: Optional[Any] = option(None, types=(list, dict, None))
-    fast_dev_run: Any = option(False, types=(bool, int))
-    max_epochs: Optional[int] = None
+    fast_dev_run: Any = option(False, types=(bool, int), check=_fast_dev_run)
+    max_epochs: Optional[int] = option(None, check=_steps_limit)
     min_epochs: Optional[int] = None
-    max_steps: int = -1
+    max_steps: int = option(-1, check=_steps_limit)
     min_steps: Optional[int] = None
     max_time: Optional[Any] = option(None, types=(str, dict, None))
-    limit_train_batches: Optional[Any] = option(None, types=(int, float, None))
-    limit_val_batches: Optional[Any] = option(None, types=(int, float, None))
-    limit_test_batches: Optional[Any] = option(None, types=(int, float, None))
-    limit_predict_batches: Optional[Any] = option(None, types=(int, float, None))
-    overfit_batches: Any = option(0.0, types=(int, float))
-    val_check_interval: Optional[Any] = option(None, types=(int, float, None))
-    check_val_every_n_epoch: Optional[int] = 1
-    num_sanity_val_steps: Optional[int] = None
+    limit_train_batches: Optional[Any] = option(None, types=(int, float, None), check=_batches)
+    limit_val_batches: Optional[Any] = option(None, types=(int, float, None), check=_batches)
+    limit_test_batches: Optional[Any] = option(None, types=(int, float, None), check=_batches)
+    limit_predict_batches: Optional[Any] = option(None, types=(int, float, None), check=_batches)
+    overfit_batches: Any = option(0.0, types=(int, float), check=_batches)
+    val_check_interval: Optional[Any] = option(None, types=(int, float, None), check=_batches)
+    check_val_every_n_epoch: Optional[int] = option(1, check=_at_least(1))
+    num_sanity_val_steps: Optional[int] = option(None, check=_at_least(-1))
     log_every_n_steps: Optional[int] = None
     enable_checkpointing: Optional[bool] = None
     enable_progress_bar: Optional[bool] = None
     enable_model_summary: Optional[bool] = None
-    accumulate_grad_batches: int = 1
+    accumulate_grad_batches: int = option(1, check=_at_least(1))
     gradient_clip_val: Optional[float] = None
     gradient_clip_algorithm: Optional[str] = option(None, choices=("norm", "value"))
     deterministic: Optional[Any] = option(None, types=(bool, str, None))
@@ -253,26 +295,132 @@ class ExpManagerConfig:
     log_tflops_per_sec_per_gpu: Optional[bool] = True
 
 
-def validate_experiment_config(cfg: Any, *, unknown_keys: str = "error") -> list[str]:
-    """Checks the ``model``, ``trainer`` and ``exp_manager`` blocks of an experiment config (those present).
+@dataclass
+class ExperimentConfig:
+    """The top level of a training script's config: the keys NeMo's training scripts and ``ModelPT`` read there.
 
-    Other top-level keys (``name``, ``hydra``, values that YAML anchors or interpolations refer to) are left
-    alone. Nothing is resolved, so ``???`` values and ``${...}`` interpolations pass.
+    ``model``, ``trainer`` and ``exp_manager`` are checked with their own schemas by
+    :func:`validate_experiment_config`; ``hydra`` and ``defaults`` are Hydra's (present in a YAML file, gone from
+    the config a script receives).
+    """
+
+    name: Optional[str] = None
+    model: Optional[Dict[str, Any]] = None
+    trainer: Optional[Dict[str, Any]] = None
+    exp_manager: Optional[Dict[str, Any]] = None
+    # ModelPT.maybe_init_from_pretrained_checkpoint (and the fine-tuning script): a path / name, or a mapping
+    # of them with include / exclude lists
+    init_from_nemo_model: Optional[Any] = option(None, types=(str, dict, None))
+    init_from_pretrained_model: Optional[Any] = option(None, types=(str, dict, None))
+    init_from_ptl_ckpt: Optional[Any] = option(None, types=(str, dict, None))
+    init_strict: bool = True
+    hydra: Optional[Dict[str, Any]] = None
+    defaults: Optional[List[Any]] = None
+
+
+#: How close (rapidfuzz ratio, 0-100) an unknown top-level key must be to a known one to be taken for a typo of it.
+#: Above the default 60 of nested blocks, as free top-level values are normal here: ``trainr``/``trainer`` 92,
+#: ``modle``/``model`` 80, ``exp_manger``/``exp_manager`` 95; ``model_name``/``model`` 67 and ``exp_name``/
+#: ``exp_manager`` 74 stay free values.
+ROOT_NEAR_MISS = 75
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Mapping):
+        return [s for item in value.values() for s in _strings(item)]
+    if isinstance(value, list):
+        return [s for item in value for s in _strings(item)]
+    return []
+
+
+def _interpolated(key: str, texts: list[str]) -> bool:
+    """Whether an absolute ``${key}``, ``${key.x}``, ``${key[0]}`` or ``${resolver:key...}`` refers to ``key``."""
+    pattern = re.compile(r"\$\{(?:[\w.]+:)?\s*" + re.escape(key) + r"(?![\w-])")
+    return any(pattern.search(text) for text in texts if "${" in text)
+
+
+def _check_top_level(plain: dict, unknown_keys: str) -> list[str]:
+    """The top-level keys outside :class:`ExperimentConfig` (see the module doc): errors for near-misses, logs for
+    the rest. Returns the near-misses found in ``"warn"`` mode."""
+    known = list(schema_fields(ExperimentConfig))
+    texts = _strings(plain)
+    found: list[str] = []
+    for key in map(str, plain):
+        if key in known or _interpolated(key, texts):
+            continue
+        near = closest_key(key, known, cutoff=ROOT_NEAR_MISS)
+        if near is not None:
+            if unknown_keys == "error":
+                raise ConfigError(f"unknown key {key}; did you mean {near}?", key=key, suggestion=near)
+            logger.warning("unknown top-level config key %s is ignored; did you mean %s?", key, near)
+            found.append(key)
+            continue
+        section = next((name for name, schema in (("trainer", TrainerConfig), ("exp_manager", ExpManagerConfig))
+                        if key in schema_fields(schema)), None)
+        if section is not None:
+            logger.warning("top-level config key %s is read by nothing; did you mean %s.%s?", key, section, key)
+        else:
+            logger.info("top-level config key %s is read by nothing in the training scripts (fine for a value that "
+                        "YAML anchors use)", key)
+    return found
+
+
+def _block_schema(t: tuple) -> type | None:
+    """The dataclass of a field typed with one (``("schema", cls)``, optionally ``Optional``), else None."""
+    if t[0] == "opt":
+        t = t[1]
+    return t[1] if t[0] == "schema" else None
+
+
+def declared_keys(path: str, block: Any = None) -> list[str] | None:
+    """The keys the schemas declare for the block at ``path`` of an experiment config, or None when unknown here.
+
+    Known: the top level (``""``), ``model`` (its schema chosen from ``block``, the ``model:`` block itself),
+    ``trainer``, ``exp_manager`` and ``exp_manager``'s parameter blocks (``exp_manager.checkpoint_callback_params``).
+    """
+    if path == "":
+        return list(schema_fields(ExperimentConfig))
+    if path == "model":
+        plain = to_plain(block)
+        return list(schema_fields(model_schema(plain))) if isinstance(plain, dict) else None
+    head, *rest = path.split(".")
+    schema = {"trainer": TrainerConfig, "exp_manager": ExpManagerConfig}.get(head)
+    for part in rest:
+        field_ = schema_fields(schema).get(part) if schema is not None else None
+        schema = _block_schema(field_.type) if field_ is not None else None
+    return list(schema_fields(schema)) if schema is not None else None
+
+
+def validate_experiment_config(cfg: Any, *, unknown_keys: str = "error", finetune: bool | None = None) -> list[str]:
+    """Checks an experiment config: its top level, and the ``model``, ``trainer`` and ``exp_manager`` blocks.
+
+    Nothing is resolved, so ``???`` values and ``${...}`` interpolations pass. Top-level keys other than those of
+    :class:`ExperimentConfig` are values for YAML anchors and interpolations: an error only when one is a near-miss
+    of a known key (``trainr``) that nothing interpolates (see the module doc).
+
+    Args:
+        cfg: the whole config a training script receives (DictConfig or mapping).
+        unknown_keys: ``"error"``, or ``"warn"`` (unknown keys logged once each and returned).
+        finetune: passed to :func:`~nemofn.asr.configs.models.validate_model_config` (``True`` for the
+            ``model:`` block of a fine-tuning script; ``None`` tells from its keys).
 
     Returns:
         The full keys of the unknown keys found (empty with ``unknown_keys="error"``).
 
     Raises:
-        ConfigError: naming the full key (``trainer.max_stepz``, ``model.encoder.d_modle``, ...).
+        ConfigError: naming the full key (``trainr``, ``trainer.max_stepz``, ``model.encoder.d_modle``, ...) and,
+            for an unknown key, the closest known one.
     """
     plain = to_plain(cfg)
     if not isinstance(plain, dict):
         raise ConfigError(f"expected an experiment config mapping, got {type(cfg).__name__}")
-    found: list[str] = []
+    found = _check_top_level(plain, unknown_keys)
+    validate({k: v for k, v in plain.items() if k in schema_fields(ExperimentConfig)}, ExperimentConfig)
     if plain.get("model") is not None:
-        found += validate_model_config(plain["model"], unknown_keys=unknown_keys)
+        found += validate_model_config(plain["model"], unknown_keys=unknown_keys, finetune=finetune)
     for key, schema in (("trainer", TrainerConfig), ("exp_manager", ExpManagerConfig)):
         if plain.get(key) is not None:
             found += validate(plain[key], schema, key, unknown=unknown_keys)
     return found
-

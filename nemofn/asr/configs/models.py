@@ -6,10 +6,11 @@ silently ignored. Sections are checked with their own schemas: modules by ``_tar
 (:mod:`nemofn.asr.configs.modules`), datasets (:mod:`~nemofn.asr.configs.data`), ``optim`` by optimizer and schedule
 name (:mod:`~nemofn.asr.configs.optim`) and ``decoding`` (:mod:`~nemofn.asr.configs.decoding`).
 
-Features NeMo has and nemofn does not (InterCTC, ``skip_nan_grad``, adapters, ...) are accepted only at their
-default, so a config that turns one on fails naming it. :class:`FinetuneModelConfig` is the ``model:`` block of a
-fine-tuning script (``speech_to_text_finetune.yaml``). :func:`validate_model_config` checks a whole ``model:``
-block (a DictConfig, dict or one of these dataclasses) before anything is built.
+Features NeMo has and nemofn does not (InterCTC, adapters, ...) are accepted only at their default, so a config
+that turns one on fails naming it. ``skip_nan_grad`` takes either value: nemofn always skips non-finite steps.
+:class:`FinetuneModelConfig` is the ``model:`` block of a fine-tuning script (``speech_to_text_finetune.yaml``).
+:func:`validate_model_config` checks a whole ``model:`` block (a DictConfig, dict or one of these dataclasses)
+before anything is built.
 """
 
 from __future__ import annotations
@@ -90,7 +91,9 @@ class ModelPTKeys:
     profiling hooks) and the training features of NeMo's ASR base classes (InterCTC, frozen modules, adapters)."""
 
     interctc: Optional[InterCTCConfig] = None
-    skip_nan_grad: bool = default_only(False, reason="skipping updates with NaN/inf gradients is not implemented")
+    # Either value: nemofn always leaves out a step whose loss or gradient norm is NaN/Inf (StepConfig.skip_nonfinite,
+    # on by default), so ``false`` does not turn skipping off. The key is accepted for NeMo compatibility.
+    skip_nan_grad: bool = False
     freeze_updates: Optional[FreezeUpdatesConfig] = None
     optim_param_groups: Optional[Dict[str, Any]] = default_only(None, reason="per-module optimizer parameter "
                                                                              "groups are not implemented")

@@ -85,7 +85,6 @@ def test_typo_inside_a_jasper_block_and_wrong_types():
                                          "trimming"),
     ("model.train_ds.is_tarred=true", "model.train_ds.is_tarred: True is not supported in nemofn: tarred"),
     ("model.interctc.loss_weights=[0.3]", "model.interctc.loss_weights: [0.3] is not supported in nemofn: InterCTC"),
-    ("model.skip_nan_grad=true", "model.skip_nan_grad: True is not supported in nemofn"),
     ("model.encoder._target_=nemo.collections.asr.modules.SqueezeformerEncoder",
      "model.encoder._target_: 'nemo.collections.asr.modules.SqueezeformerEncoder' is not a module nemofn implements"),
     ("model.decoder._target_=nemo.collections.asr.modules.ConvASREncoder",

@@ -126,7 +126,6 @@ def test_typos_anywhere_name_the_full_key_and_the_closest_one(path, override, ke
                                         "prediction network is not implemented in nemofn; set it to 0"),
     ("model.normalize_joint_txu=true", "model.normalize_joint_txu: True is not supported in nemofn"),
     ("model.interctc.loss_weights=[0.3]", "model.interctc.loss_weights: [0.3] is not supported in nemofn: InterCTC"),
-    ("model.skip_nan_grad=true", "model.skip_nan_grad: True is not supported in nemofn"),
     ("model.joint._target_=nemo.collections.asr.modules.HATJoint",
      "model.joint._target_: 'nemo.collections.asr.modules.HATJoint' is not a module nemofn implements"),
     ("model.decoder._target_=nemo.collections.asr.modules.ConvASRDecoder",
