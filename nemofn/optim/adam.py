@@ -2,6 +2,12 @@
 
 Same maths as ``torch.optim.Adam`` (L2 weight decay added to the gradient) and ``torch.optim.AdamW`` (decoupled
 weight decay ``p *= 1 - lr * wd``), including AMSGrad and bias correction.
+
+On an accelerator (cuda, xpu) the step counters are kept on the parameters' device and torch's ``capturable`` path
+runs (bias corrections as device ops), so an update reads nothing back to the host: torch's default keeps them on
+the CPU, and then a step whose update may be undone (:mod:`nemofn.optim.guard`) would have to wait for the device to
+know whether to count it. The results equal the default path's up to fp32 rounding of the bias corrections. On the
+CPU nothing changes.
 """
 
 from __future__ import annotations
@@ -31,6 +37,11 @@ def _step_dtype(fused: bool) -> torch.dtype:
     return torch.float64 if (not fused and torch.get_default_dtype() == torch.float64) else torch.float32
 
 
+def _on_accelerator(t: torch.Tensor) -> bool:
+    """A device where torch's capturable path runs (cuda, xpu, ...): not the host, and not meta (shapes only)."""
+    return t.device.type not in ("cpu", "meta")
+
+
 def _make(name: str, kernel, betas: tuple[float, float], eps: float, weight_decay: float, amsgrad: bool,
           maximize: bool, foreach: bool, fused: bool, capturable: bool) -> Optimizer:
     _check_hparams(name, betas, eps, weight_decay)
@@ -44,7 +55,9 @@ def _make(name: str, kernel, betas: tuple[float, float], eps: float, weight_deca
 
     def init(params: list[torch.Tensor]) -> OptState:
         dtype = _step_dtype(fused)
-        steps = [torch.zeros((), dtype=dtype, device=p.device if on_device_steps else "cpu") for p in params]
+        # On an accelerator the counters live on the device even without ``capturable`` (see the module doc).
+        steps = [torch.zeros((), dtype=dtype, device=p.device if on_device_steps or _on_accelerator(p) else "cpu")
+                 for p in params]
         state: OptState = {
             "step": steps,
             "exp_avg": [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params],
@@ -64,6 +77,10 @@ def _make(name: str, kernel, betas: tuple[float, float], eps: float, weight_deca
         # CPU step counters are on the parameters' device, which is all that path needs.
         capturable_now = capturable or (torch.compiler.is_compiling() and not fused and bool(params)
                                         and params[0].is_cpu)
+        # Counters on the accelerator with the parameters: torch's capturable path, which reads nothing back.
+        steps = opt_state["step"]
+        capturable_now = capturable_now or (not fused and bool(params) and _on_accelerator(params[0])
+                                            and bool(steps) and steps[0].device == params[0].device)
         if isinstance(lr, torch.Tensor) and not (tensor_lr_ok or capturable_now):
             lr = float(lr)  # torch's non-capturable foreach path needs a Python float (a host read)
         kernel(list(params), list(grads), opt_state["exp_avg"], opt_state["exp_avg_sq"],
@@ -89,10 +106,11 @@ def adam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_de
         maximize: ascend instead of descend.
         foreach: foreach kernels (default); ``False`` runs torch's per-tensor loop (for debugging).
         fused: torch's fused Adam kernel (CUDA, CPU); slightly different rounding from foreach.
-        capturable: keep step counters on the parameters' device (CUDA only), so a step has no host sync.
+        capturable: keep step counters on the parameters' device, so a step has no host sync (the default on an
+            accelerator; see the module doc).
 
     State: ``{"step": [0-dim Tensor], "exp_avg": [Tensor], "exp_avg_sq": [Tensor], ("max_exp_avg_sq")}``, one
-    entry per parameter. Step counters live on the CPU unless ``fused`` or ``capturable`` (as in torch).
+    entry per parameter. Step counters live on the CPU unless ``fused``, ``capturable`` or on an accelerator.
 
     ``lr``: a float, or a 1-element tensor. With ``fused`` or ``capturable`` a tensor lr is used on the device with
     no sync; otherwise it is read once per step with ``float(lr)`` (free on CPU, a device sync on GPU).

@@ -14,11 +14,10 @@ is used depends on where that is:
   foreach kernels per device and dtype. Cost: one transient copy of the trainable parameters and their optimizer
   state (3x the parameters for Adam) and about five passes over them.
 
-Host-resident state with device parameters (``adam``/``adamw`` keep their step counters on the CPU unless
-``capturable`` or ``fused``): those counters need ``finite`` on the host. :class:`UpdateGuard` copies it
-asynchronously into pinned memory before the update is queued and waits for that copy after: the host waits until
-the gradient norm is known, not for the update, which the device runs meanwhile. ``capturable=True`` or
-``fused=True`` keep the counters on the device and the step entirely sync-free.
+Host-resident state with device parameters (step counters a torch optimizer state dict put on the CPU; nemofn's
+``adam``/``adamw`` keep them on the accelerator by default): those counters need ``finite`` on the host.
+:class:`UpdateGuard` copies it asynchronously into pinned memory before the update is queued and waits for that
+copy after: the host waits until the gradient norm is known, not for the update, which the device runs meanwhile.
 
 An update that *creates* state (a ``None`` placeholder filled on a parameter's first update, e.g. SGD's momentum
 buffers on step 0; an entry the optimizer adds) is undone by putting ``None`` back, which needs ``finite`` on the
