@@ -296,6 +296,19 @@ def _normalise_tarinfo(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
+def _fsync_folder(folder: str) -> None:
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:  # a platform that cannot open folders (Windows): the rename is as durable as it gets there
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
 def pack_folder(folder: str | os.PathLike, path: str | os.PathLike) -> None:
     """Tars ``folder`` into ``path`` as NeMo does (uncompressed, ``arcname="."``), atomically.
 
@@ -315,6 +328,7 @@ def pack_folder(folder: str | os.PathLike, path: str | os.PathLike) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, destination)
+        _fsync_folder(parent)  # the rename itself survives a power cut
     except BaseException:
         if os.path.exists(temporary):
             os.remove(temporary)

@@ -555,3 +555,28 @@ def test_pack_folder_writes_an_owner_tagged_temporary_and_removes_it_on_failure(
     (name,) = seen
     assert name.startswith(".m.nemo.") and temp_owner_alive(name) is True  # tagged: a later save sweeps it if killed
     assert os.listdir(tmp_path / "out") == []  # nothing half-written stays
+
+
+def test_pack_folder_fsyncs_the_tar_then_renames_then_fsyncs_the_folder(tmp_path, monkeypatch):
+    import stat
+
+    from compat.archive import tar as tar_module
+
+    folder = tmp_path / "staged"
+    folder.mkdir()
+    (folder / "model_config.yaml").write_text("a: 1\n")
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append("fsync folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append("rename")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(tar_module.os, "fsync", fsync)
+    monkeypatch.setattr(tar_module.os, "replace", replace)
+    tar_module.pack_folder(folder, tmp_path / "m.nemo")
+    assert events == ["fsync file", "rename", "fsync folder"]
