@@ -240,11 +240,14 @@ class ArchiveTooLargeError(NemoArchiveError, ValueError):
     than its header said), so a "tar bomb" never fills the disk.
     """
 
-    def __init__(self, path: str, member: str | None, detail: str, size: int, limit: int, setting: str) -> None:
+    def __init__(self, path: str, member: str | None, detail: str, size: int, limit: int, setting: str, *,
+                 unit: str | None = None) -> None:
         where = f"refusing to extract member {member!r}: " if member else ""
+        amount, bound = (_size(size), _size(limit)) if unit is None else (f"{size:,} {unit}", f"{limit:,}")
+        typical = ("are a few GB" if unit is None else "hold a few dozen members")
         super().__init__(
-            f"{path}: {where}{detail} {_size(size)}, more than the limit of {_size(limit)}. The largest real NeMo "
-            f"checkpoints are a few GB; if you trust this file, raise the limit with {setting}."
+            f"{path}: {where}{detail} {amount}, more than the limit of {bound}. The largest real NeMo "
+            f"checkpoints {typical}; if you trust this file, raise the limit with {setting}."
         )
         self.path = path
         self.member = member

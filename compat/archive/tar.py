@@ -37,9 +37,12 @@ _READ_ERRORS = (tarfile.TarError, EOFError, zlib.error)
 
 MAX_MEMBER_ENV = "NEMOFN_MAX_MEMBER_BYTES"
 MAX_TOTAL_ENV = "NEMOFN_MAX_TOTAL_BYTES"
+MAX_MEMBERS_ENV = "NEMOFN_MAX_MEMBERS"
 #: Defaults: the largest real NeMo checkpoints are a few GB (weights in one member).
 DEFAULT_MAX_MEMBER_BYTES = 8 * 2**30
 DEFAULT_MAX_TOTAL_BYTES = 16 * 2**30
+#: Entries of any kind (a NeMo ASR checkpoint has a handful; a tar of millions of empty headers is a bomb too).
+DEFAULT_MAX_MEMBERS = 100_000
 
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "m": 2**20, "mib": 2**20, "g": 2**30, "gib": 2**30,
           "t": 2**40, "tib": 2**40}
@@ -63,14 +66,16 @@ def parse_size(text: str | int, setting: str) -> int:
 
 @dataclass(frozen=True)
 class ExtractionLimits:
-    """How much one extraction may write: per member and in all (bytes).
+    """How much one extraction may write: per member and in all (bytes), and how many entries the tar may hold.
 
     Build it with :meth:`resolve`, which takes explicit arguments first, then the environment
     (``NEMOFN_MAX_MEMBER_BYTES`` / ``NEMOFN_MAX_TOTAL_BYTES``, e.g. ``512MiB``), then the defaults (8 GiB / 16 GiB).
+    The entry count comes from ``NEMOFN_MAX_MEMBERS`` (default 100,000).
     """
 
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
     max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES
+    max_members: int = DEFAULT_MAX_MEMBERS
 
     @classmethod
     def resolve(cls, max_member_bytes: int | str | None = None,
@@ -82,8 +87,12 @@ class ExtractionLimits:
                 return parse_size(os.environ[env], env)
             return default
 
+        members = os.environ.get(MAX_MEMBERS_ENV, "").strip()
+        if members and not (members.isdigit() and int(members) > 0):
+            raise ValueError(f"{MAX_MEMBERS_ENV}={members!r} is not a positive whole number of archive entries")
         return cls(pick(max_member_bytes, MAX_MEMBER_ENV, "max_member_bytes", DEFAULT_MAX_MEMBER_BYTES),
-                   pick(max_total_bytes, MAX_TOTAL_ENV, "max_total_bytes", DEFAULT_MAX_TOTAL_BYTES))
+                   pick(max_total_bytes, MAX_TOTAL_ENV, "max_total_bytes", DEFAULT_MAX_TOTAL_BYTES),
+                   int(members) if members else DEFAULT_MAX_MEMBERS)
 
     def member_error(self, path: str, member: str, size: int, detail: str) -> ArchiveTooLargeError:
         return ArchiveTooLargeError(path, member, detail, size, self.max_member_bytes,
@@ -143,6 +152,9 @@ def _checked_members(tar: tarfile.TarFile, path: str, folder: str, select: Calla
     try:
         for info in tar:
             infos.append(info)
+            if len(infos) > limits.max_members:
+                raise ArchiveTooLargeError(path, None, "it holds more than", len(infos) - 1, limits.max_members,
+                                           MAX_MEMBERS_ENV, unit="entries")
             if info.issparse():  # before its size: a sparse header declares the size once its holes are filled
                 raise UnsafeArchiveError(path, info.name, f"it is a sparse file (its holes would be written out as "
                                                           f"{info.size:,} bytes of zeros); NeMo never writes sparse "

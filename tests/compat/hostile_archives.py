@@ -383,6 +383,8 @@ CASES: list[Case] = [
          "'./big.bin': its tar header declares 300,000 bytes", env={"NEMOFN_MAX_MEMBER_BYTES": "256KiB"}),
     Case("total-over-argument-limit", _extra(lambda b, p: [(f"./part{i}.bin", b"\1" * 100_000) for i in range(4)]),
          ArchiveTooLargeError, "the members to extract declare", options={"max_total_bytes": "256KiB"}),
+    Case("many-members", _extra(lambda b, p: [(f"./empty{i}", b"") for i in range(40)]), ArchiveTooLargeError,
+         "it holds more than 32 entries", env={"NEMOFN_MAX_MEMBERS": "32"}),
     Case("gzip-bomb", _gzip_bomb, ArchiveTooLargeError, "padding.bin", env={"NEMOFN_MAX_MEMBER_BYTES": MiB}),
     Case("header-declares-100GiB", _lying_header, ArchiveTooLargeError, "declares 107,374,182,400 bytes"),
     Case("config-over-byte-limit", _config_bytes(lambda b, p: b.config_text() + b"#" * 200_000 + b"\n"),
