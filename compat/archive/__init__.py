@@ -23,7 +23,8 @@ without loading them (:meth:`NemoArchive.weight_headers`) and checked against a 
 (:meth:`NemoArchive.check_planned_state`). ``torch`` is imported on first use, so reading a config does not need it.
 
 The package is split by job: :mod:`compat.archive.tar` (opening, safe extraction, packing a folder),
-:mod:`compat.archive.reader` (:func:`open_nemo`, :class:`NemoArchive`, config and weight loading) and
+:mod:`compat.archive.reader` (:func:`open_nemo`, :class:`NemoArchive`, config loading), :mod:`compat.archive.weights`
+(loading and checking weights) and
 :mod:`compat.archive.writer` (:func:`save_nemo`, :func:`write_nemo_folder`); every public name is re-exported here.
 """
 
@@ -37,11 +38,11 @@ from compat.archive.reader import (
     extract_state_dict,
     load_config,
     load_state_dict,
-    load_weights_file,
     maybe_update_config_version,
     open_nemo,
 )
 from compat.archive.tar import ExtractionLimits, open_tar, pack_folder, parse_size, unpack
+from compat.archive.weights import load_weights_file
 from compat.archive.writer import save_nemo, write_nemo_folder
 
 __all__ = [

@@ -4,8 +4,8 @@ Also NeMo's config rules on the way in (``override_config_path``, the Hydra 0.x 
 Weights are only ever loaded with ``torch.load(weights_only=True)``, and must be plain dense tensors (meta, sparse,
 quantised and nested ones are refused). :meth:`NemoArchive.weight_headers` reads their shapes and dtypes through a
 memory map, without loading them, so a restore compares them with the model its config describes
-(:meth:`NemoArchive.check_planned_state`) before allocating anything. ``torch`` is imported on first use, so
-reading a config does not need it.
+(:meth:`NemoArchive.check_planned_state`; both in :mod:`compat.archive.weights`) before allocating anything.
+``torch`` is imported on first use, so reading a config does not need it.
 """
 
 from __future__ import annotations
@@ -22,6 +22,13 @@ from omegaconf import DictConfig, OmegaConf
 from compat.archive._common import MODEL_CONFIG_YAML, MODEL_WEIGHTS_CKPT, _upgrade_hydra0
 from compat.archive.tar import ExtractionLimits, _extract, _list_folder, parse_size
 from compat.archive.temp_dirs import make_temp_dir
+from compat.archive.weights import (
+    allow_non_finite as _non_finite_allowed,
+    check_finite,
+    check_planned_state,
+    load_weights,
+    weight_headers as _meta_headers,
+)
 from compat.archive.yaml_budget import check_yaml_budget
 from compat.artifacts import (
     ArtifactPathType,
@@ -32,7 +39,6 @@ from compat.artifacts import (
     specs_from_config,
 )
 from compat.errors import (
-    ArchiveTooLargeError,
     BadOverrideError,
     ConfigInterpolationError,
     CorruptArchiveError,
@@ -40,12 +46,7 @@ from compat.errors import (
     MissingConfigError,
     MissingWeightsError,
     NemoFileNotFoundError,
-    NonFiniteWeightsError,
     UnsafeArchiveError,
-    UnsupportedTensorError,
-    WeightDtypeError,
-    WeightKeysError,
-    WeightShapeError,
     YamlBudgetError,
 )
 
@@ -56,7 +57,6 @@ CONFIG_BYTES_ENV = "NEMOFN_MAX_CONFIG_BYTES"
 #: The largest YAML config read (real NeMo configs are well under 1 MB, vocabularies included); parsing is the
 #: costly part, so this is checked before the node budget (:mod:`compat.archive.yaml_budget`).
 DEFAULT_MAX_CONFIG_BYTES = 16 * 2**20
-ALLOW_NON_FINITE_ENV = "NEMOFN_ALLOW_NON_FINITE_WEIGHTS"
 
 
 class NemoArchive:
@@ -189,8 +189,8 @@ class NemoArchive:
         """
         file = self._weights_file()
         location = map_location if map_location is not None else self.map_location
-        state = _load_weights(file, self.source, self.weights_name, location or "cpu")
-        if not _allow_non_finite(allow_non_finite) and not self._finite_checked:
+        state = load_weights(file, self.source, self.weights_name, location or "cpu")
+        if not _non_finite_allowed(allow_non_finite) and not self._finite_checked:
             check_finite(state, self.source, self.weights_name)
             self._finite_checked = True
         return state
@@ -203,16 +203,13 @@ class NemoArchive:
         (unless allowed, as in :meth:`state_dict`), so a restore refuses bad weights before it builds anything.
         The headers are cached (and so is a passed finiteness check).
         """
-        check = not _allow_non_finite(allow_non_finite) and not self._finite_checked
+        check = not _non_finite_allowed(allow_non_finite) and not self._finite_checked
         if self._headers is None or check:
-            state = _load_weights(self._weights_file(), self.source, self.weights_name, "cpu", mmap=True)
+            state = load_weights(self._weights_file(), self.source, self.weights_name, "cpu", mmap=True)
             if check:
                 check_finite(state, self.source, self.weights_name)
                 self._finite_checked = True
-            import torch
-
-            self._headers = {key: torch.empty(value.shape, dtype=value.dtype, device="meta")
-                             for key, value in state.items()}
+            self._headers = _meta_headers(state)
         return dict(self._headers)
 
     def check_planned_state(self, planned: Mapping[str, torch.Tensor], *, strict: bool,
@@ -220,42 +217,12 @@ class NemoArchive:
         """Checks the tensors a model *would* allocate (``meta`` tensors: shapes, dtypes) against the weights.
 
         Called while restoring, after the config is read and before the model's tensors exist, so a config that
-        does not belong to its weights (an edited ``filters: 20000000``) fails here instead of allocating.
-
-        Args:
-            planned: ``{state-dict key: tensor}`` of the model to build (any device; ``meta`` costs nothing).
-            strict: also refuse keys present on one side only (as ``load_state_dict(strict=True)`` would).
-            headers: the weights' shapes as the model will see them (after the connector's key renames); default
-                :meth:`weight_headers`.
-
-        Raises:
-            WeightShapeError: a shape differs (the key and both shapes are named).
-            WeightDtypeError: an integer / bool / complex weight for a floating tensor.
-            WeightKeysError: with ``strict``, missing or unexpected keys.
-            ArchiveTooLargeError: the planned tensors the weights do not cover take more than
-                ``limits.max_total_bytes`` (those they cover are bounded by the archive itself).
+        does not belong to its weights (an edited ``filters: 20000000``) fails here instead of allocating. See
+        :func:`compat.archive.weights.check_planned_state` (``headers`` default: :meth:`weight_headers`).
         """
         headers = self.weight_headers() if headers is None else headers
-        for key, tensor in planned.items():
-            stored = headers.get(key)
-            if stored is None:
-                continue
-            if tuple(stored.shape) != tuple(tensor.shape):
-                raise WeightShapeError(self.source, self.weights_name, key, tuple(stored.shape), tuple(tensor.shape))
-            if tensor.is_floating_point() and not stored.is_floating_point():
-                raise WeightDtypeError(self.source, self.weights_name, key, stored.dtype, tensor.dtype)
-        if strict:
-            missing = [key for key in planned if key not in headers]
-            unexpected = [key for key in headers if key not in planned]
-            if missing or unexpected:
-                raise WeightKeysError(self.source, self.weights_name, missing, unexpected)
-        # Tensors the weights cover have their shapes, so the archive's own size bounds them; the others are
-        # allocated from the config alone (with strict=False), and those are held to the archive's total limit.
-        uncovered = sum(t.numel() * t.element_size() for key, t in planned.items() if key not in headers)
-        if uncovered > self.limits.max_total_bytes:
-            raise ArchiveTooLargeError(self.source, None, f"the tensors its config describes beyond those in "
-                                                          f"{self.weights_name} would take", uncovered,
-                                       self.limits.max_total_bytes, "max_total_bytes= or NEMOFN_MAX_TOTAL_BYTES")
+        check_planned_state(planned, headers, strict=strict, source=self.source, member=self.weights_name,
+                            max_total_bytes=self.limits.max_total_bytes)
 
     def locate_artifact(self, value: str, *, verify: bool = True) -> tuple[str, ArtifactPathType] | None:
         """Where an artifact config value points, in NeMo's ``register_artifact`` order (NEMO_FACTS 1.3).
@@ -299,68 +266,6 @@ class NemoArchive:
         return specs_from_config(self.config(), self.source)
 
 
-def _load_weights(file: str, source: str, name: str, map_location: Any, *, mmap: bool = False
-                  ) -> dict[str, torch.Tensor]:
-    import pickle
-    import zipfile
-
-    import torch
-
-    mmap = mmap and zipfile.is_zipfile(file)  # legacy (pre-1.6) torch files cannot be memory-mapped
-    try:
-        loaded = torch.load(file, map_location=map_location, weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as exc:
-        detail = f"{name} holds objects other than tensors, which torch.load(weights_only=True) refuses: " \
-                 f"{_unpickling_reason(exc)}"
-        raise CorruptArchiveError(source, detail) from exc
-    except (RuntimeError, EOFError, OSError, ValueError, NotImplementedError, zipfile.BadZipFile) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CorruptArchiveError(source, f"{name} could not be read: {first_line}") from exc
-    if not isinstance(loaded, Mapping):
-        raise MissingWeightsError(source, name, f"it holds a {type(loaded).__name__}, not a dict of tensors")
-    state: dict[str, torch.Tensor] = {}
-    for key, value in loaded.items():
-        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            hint = " (it looks like a Lightning checkpoint, not .nemo weights)" if key == "state_dict" else ""
-            detail = f"entry {key!r} is a {type(value).__name__}, not a tensor{hint}"
-            raise MissingWeightsError(source, name, detail)
-        kind = _unsupported_kind(value)
-        if kind is not None:
-            raise UnsupportedTensorError(source, name, key, kind)
-        state[key] = value
-    return state
-
-
-def _unpickling_reason(exc: Exception) -> str:
-    """The line of torch's weights-only refusal that says what was refused (``Unsupported global: GLOBAL ...``)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for line in lines:
-        if "Unsupported" in line or "GLOBAL" in line or "WeightsUnpickler error" in line:
-            return line.split(". Please use")[0]  # not torch's advice to allow-list it: this file is untrusted
-    return lines[0] if lines else type(exc).__name__
-
-
-def _unsupported_kind(tensor: torch.Tensor) -> str | None:
-    """What makes ``tensor`` unusable as a weight (meta, sparse, quantised, nested), or ``None``."""
-    import torch
-
-    if tensor.is_nested:
-        return "a nested tensor"
-    if tensor.layout != torch.strided:
-        return f"a sparse tensor (layout {tensor.layout})"
-    if tensor.is_quantized:
-        return f"a quantised tensor ({tensor.dtype})"
-    if tensor.is_meta:
-        return "a meta tensor (a shape without data)"
-    return None
-
-
-def _allow_non_finite(allow: bool | None) -> bool:
-    if allow is None:
-        return os.environ.get(ALLOW_NON_FINITE_ENV, "0") not in ("", "0")
-    return bool(allow)
-
-
 def _check_config_size(file: str, source: str, member: str) -> None:
     """Refuses a YAML file past ``NEMOFN_MAX_CONFIG_BYTES`` (default 16 MiB) before it is parsed."""
     limit = parse_size(os.environ[CONFIG_BYTES_ENV], CONFIG_BYTES_ENV) if os.environ.get(CONFIG_BYTES_ENV) \
@@ -380,26 +285,6 @@ def _check_interpolations(conf: DictConfig, source: str, member: str) -> None:
     except (InterpolationKeyError, InterpolationResolutionError, InterpolationValidationError) as exc:
         detail = str(exc).strip().splitlines()[0]
         raise ConfigInterpolationError(source, member, str(getattr(exc, "full_key", "") or "?"), detail) from None
-
-
-def check_finite(state: Mapping[str, torch.Tensor], source: str, member: str) -> None:
-    """Raises :class:`NonFiniteWeightsError` naming the first floating tensor holding NaN or Inf (fp16 weights that
-    overflowed on export, a run that diverged before it was saved)."""
-    import torch
-
-    for key, tensor in state.items():
-        if tensor.is_floating_point() or tensor.is_complex():
-            bad = int((~torch.isfinite(tensor)).sum())
-            if bad:
-                raise NonFiniteWeightsError(source, member, key, bad, tensor.numel())
-
-
-def load_weights_file(file: str | os.PathLike, map_location: Any = "cpu") -> dict[str, torch.Tensor]:
-    """A ``model_weights.ckpt`` on disk as a flat ``{key: Tensor}`` dict (``torch.load(weights_only=True)``)."""
-    file = os.fspath(file)
-    if not os.path.isfile(file):
-        raise MissingWeightsError(file, os.path.basename(file), "no such file")
-    return _load_weights(file, file, os.path.basename(file), map_location)
 
 
 def open_nemo(
