@@ -280,7 +280,8 @@ class Trainer:
             val_check_interval=self.val_check_interval, check_val_every_n_epoch=self.check_val_every_n_epoch,
             limit_train_batches=self.limit_train_batches, limit_val_batches=self.limit_val_batches,
             num_sanity_val_steps=self.num_sanity_val_steps, log_every_n_steps=self.log_every_n_steps,
-            progress_bar=self.enable_progress_bar and self.is_global_zero, loggers=(), seed=_run_seed())
+            progress_bar=self.enable_progress_bar and self.is_global_zero, loggers=(), seed=_run_seed(),
+            max_consecutive_skips=int(self._cfg["max_consecutive_skips"]) or None)
         if n_fast:
             options.update(max_steps=n_fast, max_epochs=1, limit_train_batches=n_fast, limit_val_batches=n_fast,
                            val_check_interval=1.0, check_val_every_n_epoch=1, num_sanity_val_steps=0)

@@ -158,10 +158,12 @@ class SkipTracker:
         run = list(self._run)
         steps = [r.step for r in run]
         span = f"step {steps[0]}" if len(steps) == 1 else f"steps {steps[0]}-{steps[-1]}"
+        kept = (f"those after step {steps[0] - 1}, the last finite one" if steps[0] > 1
+                else "the initial ones: no step was finite")
         message = (f"{len(run)} consecutive training steps had a non-finite (NaN/Inf) loss or gradient norm and were "
                    f"skipped ({span}; limit max_consecutive_skips={self.max_consecutive}){self.where}. The "
-                   f"parameters are those after step {steps[0] - 1}, the last finite one. Batches: "
+                   f"parameters are {kept}. Batches: "
                    f"{self._describe(run)}. Check those samples (NaN/Inf or silent audio, empty or over-long "
                    "transcripts), lower the learning rate or add gradient clipping, or raise max_consecutive_skips "
-                   "(None disables the stop)")
+                   "(trainer.max_consecutive_skips with compat.Trainer; 0 or None disables the stop)")
         return NonFiniteLossError(message, steps, {r.step: self.name_batches(r) for r in run})

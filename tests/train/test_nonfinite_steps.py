@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -270,3 +271,37 @@ def test_compat_trainer_fit_with_a_nan_sample_ends_finite(tmp_path):
         trainer.fit(model, train_dataloaders=loader)
     assert trainer.global_step == 3 and trainer.logged_metrics["skipped_steps"] == 1.0
     assert all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point())
+
+
+def test_compat_trainer_stops_after_its_max_consecutive_skips(tmp_path):
+    spec = importlib.util.spec_from_file_location("tiny_asr", Path(__file__).parents[1] / "compat" / "tiny_asr.py")
+    tiny = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tiny)
+    from compat import Trainer
+    from compat.collections.asr.models import EncDecCTCModel
+    from compat.core.config.schemas import ConfigError
+
+    with pytest.raises(ConfigError, match="trainer.max_consecutive_skips"):
+        Trainer(max_consecutive_skips=-1, **tiny.QUIET)
+    corpus = tiny.small_corpus(tmp_path)
+    trainer = Trainer(max_steps=6, max_consecutive_skips=2, **tiny.QUIET)
+    model = EncDecCTCModel(tiny.tiny_cfg(corpus["train"], corpus["val"]), trainer=trainer)
+    clean = model.train_dataloader().dataset
+
+    class AllNaN(torch.utils.data.Dataset):
+        entries = clean.entries
+
+        def __len__(self):
+            return len(clean)
+
+        def __getitem__(self, i):
+            signal, *rest = clean[i]
+            return (torch.full_like(signal, float("nan")), *rest)
+
+    loader = torch.utils.data.DataLoader(AllNaN(), batch_size=2, shuffle=False, collate_fn=clean.collate_fn)
+    with pytest.raises(NonFiniteLossError, match=r"steps 1-2; limit max_consecutive_skips=2\).*the initial ones") as info:
+        trainer.fit(model, train_dataloaders=loader)
+    assert info.value.steps == [1, 2]
+    lines = [int(n) for names in info.value.batches.values() for n in re.findall(r"train_manifest.json:(\d+)$",
+                                                                                  "\n".join(names), re.M)]
+    assert len(set(lines)) == 4 and all(1 <= n <= len(clean) for n in lines)  # 2 steps of 2 distinct samples

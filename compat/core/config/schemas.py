@@ -118,6 +118,8 @@ class TrainerConfig:
     sync_batchnorm: bool = False
     reload_dataloaders_every_n_epochs: int = 0
     default_root_dir: Optional[str] = None
+    # nemofn's own (Lightning has none): stop after this many non-finite steps in a row (each is skipped); 0: never
+    max_consecutive_skips: int = option(10, check=_at_least(0))
 
 
 @dataclass
