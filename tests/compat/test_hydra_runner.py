@@ -631,3 +631,30 @@ def test_override_hint_only_for_missing_keys():
     assert _override_hint(composed) == "unknown key model.optimm; did you mean model.optim?"
     assert _override_hint(ConfigCompositionException("no cause")) is None
     assert _override_hint(RuntimeError("other")) is None and _override_hint(None) is None
+
+
+TASK_DATA_ERROR = """\
+import sys
+from compat.core.config import hydra_runner
+from nemofn.asr.data.errors import AudioError
+
+@hydra_runner(config_path="../conf", config_name="config")
+def main(cfg):
+    if sys.argv[-1].endswith("bug"):
+        raise KeyError("a bug of the script itself")
+    raise AudioError("a.wav", "sample 7 is NaN")
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_a_data_error_of_the_task_is_one_short_message_but_a_bug_keeps_its_traceback(project):
+    script = project.script.with_name("data_error.py")
+    script.write_text(TASK_DATA_ERROR)
+    result = _run(project, script=script)
+    assert result.returncode == 1, result.stderr
+    assert "AudioError: audio file a.wav: sample 7 is NaN" in result.stderr
+    assert "Traceback" not in result.stderr
+    bug = _run(project, "+x=bug", script=script)
+    assert bug.returncode == 1 and "Traceback" in bug.stderr and "KeyError" in bug.stderr

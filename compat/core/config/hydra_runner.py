@@ -26,7 +26,8 @@ What it does beyond ``hydra.main`` (the same as NeMo's ``nemo.core.config.hydra_
   model_path?``), raised before the task runs.
 * Config errors read as one short message, with the closest known key. A ``nemofn.core.schema.ConfigError`` out
   of the task (the training scripts validate their whole config first) is printed as Hydra prints its own
-  errors, without a traceback (``HYDRA_FULL_ERROR=1`` shows it). An override of a key that is not in the config
+  errors, without a traceback (``HYDRA_FULL_ERROR=1`` shows it); so are the errors whose message names the file,
+  line or member and the fix: bad manifests and audio, refused ``.nemo`` archives, ``NonFiniteLossError``. An override of a key that is not in the config
   (``model.optimm.lr=0.1``: Hydra's "Could not override ... Key 'optimm' is not in struct") gets one more line,
   ``unknown key model.optimm; did you mean model.optim?``, as Hydra's message only suggests the ``+`` prefix.
 * The OmegaConf resolvers ``${multiply:a,b}``, ``${sum:a,b}`` and ``${gpu_name:}`` (``"a100"`` / ``"h100"`` from
@@ -332,7 +333,9 @@ def _run_with_hydra(
             if schema is not None:
                 _undeclared_keys(cfg)
             value = task_function(cfg)
-        except ConfigError as err:
+        except Exception as err:
+            if not _reads_as_a_message(err):
+                raise
             raise ConfigValidationError(f"{type(err).__name__}: {err}") from err
         if HydraConfig.get().mode == RunMode.RUN:
             single_run.append(value)
@@ -352,6 +355,22 @@ def _run_with_hydra(
     finally:
         _prune_bookkeeping_only_sweep(cwd / sweep_dir, stop_at=cwd)
     return single_run[0] if len(single_run) == 1 else None
+
+
+def _reads_as_a_message(err: Exception) -> bool:
+    """Errors whose message says all a user needs (the key, file and line, or archive member, and the fix): printed
+    without a traceback. Their modules are imported here, when one is raised, not when the script starts."""
+    if isinstance(err, ConfigError):
+        return True
+    from compat.errors import NemoArchiveError
+    from nemofn.asr.data.errors import AudioError, DataConfigError, ManifestError
+
+    kinds: tuple[type, ...] = (NemoArchiveError, ManifestError, AudioError, DataConfigError)
+    if "nemofn.train.skips" in sys.modules:  # only a training run can have raised it
+        from nemofn.train.skips import NonFiniteLossError
+
+        kinds += (NonFiniteLossError,)
+    return isinstance(err, kinds)
 
 
 def hydra_runner(
