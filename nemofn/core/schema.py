@@ -58,7 +58,7 @@ __all__ = [
     "MISSING", "ConfigError", "FieldSpec", "SchemaField", "option", "ignored", "default_only", "validate",
     "validate_section", "module_kwargs", "to_plain", "resolved_plain", "find_missing", "drop_keys", "schema_fields",
     "field_spec", "is_required", "defaults_of", "join_key", "closest_key", "reset_logged_keys", "positive",
-    "non_negative", "at_least",
+    "non_negative", "at_least", "MAX_LAYERS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -96,21 +96,22 @@ def _numbers(value: Any) -> list:
     return []
 
 
-def at_least(minimum: float, *, strict: bool = False, sentinels: tuple = ()) -> Any:
+def at_least(minimum: float, *, strict: bool = False, sentinels: tuple = (), maximum: float | None = None) -> Any:
     """A ``check`` for sizes and counts: every number of the value (an int, a float, or a list of them) must be
     ``>= minimum`` (``> minimum`` with ``strict``) or one of ``sentinels``. Null and strings pass (the annotation
     decides whether they are allowed).
 
-    ``at_least(0, strict=True, sentinels=(-1,))`` gives e.g. ``"must be > 0 (a size or count), or -1"``.
+    ``at_least(0, strict=True, sentinels=(-1,))`` gives e.g. ``"must be > 0 (a size or count), or -1"``. With
+    ``maximum`` a number must also be ``<= maximum`` (a count of layers: see :data:`MAX_LAYERS`).
     """
-    bound = f"{'>' if strict else '>='} {minimum}"
+    bound = f"{'>' if strict else '>='} {minimum}" + (f" and <= {maximum:,}" if maximum is not None else "")
     also = f", or {' or '.join(repr(s) for s in sentinels)}" if sentinels else ""
 
     def check(value: Any) -> str | None:
         for number in _numbers(value):
             if number in sentinels:
                 continue
-            if number < minimum or (strict and number == minimum):
+            if number < minimum or (strict and number == minimum) or (maximum is not None and number > maximum):
                 where = f" (the item {number!r})" if isinstance(value, (list, tuple)) else ""
                 return f"must be {bound} (a size or count){also}{where}"
         return None
@@ -118,17 +119,25 @@ def at_least(minimum: float, *, strict: bool = False, sentinels: tuple = ()) -> 
     return check
 
 
+#: The most layers (or block repeats) a count field takes. The deepest NeMo ASR models have a few dozen; a count in
+#: the millions (an edited or hostile config) would build millions of modules before any weight could be checked.
+MAX_LAYERS = 10_000
+
+
 def positive(default: Any = MISSING, *, sentinels: tuple = (), types: tuple = (),
-             default_factory: Any = None) -> Any:
-    """A schema field for a size or count that must be > 0 (each item, for a list), or one of ``sentinels``."""
+             default_factory: Any = None, maximum: float | None = None) -> Any:
+    """A schema field for a size or count that must be > 0 (and ``<= maximum``; each item, for a list), or one of
+    ``sentinels``."""
     return option(default, default_factory=default_factory, types=types,
-                  check=at_least(0, strict=True, sentinels=sentinels))
+                  check=at_least(0, strict=True, sentinels=sentinels, maximum=maximum))
 
 
 def non_negative(default: Any = MISSING, *, sentinels: tuple = (), types: tuple = (),
-                 default_factory: Any = None) -> Any:
-    """A schema field for a size or count that must be >= 0 (each item, for a list), or one of ``sentinels``."""
-    return option(default, default_factory=default_factory, types=types, check=at_least(0, sentinels=sentinels))
+                 default_factory: Any = None, maximum: float | None = None) -> Any:
+    """A schema field for a size or count that must be >= 0 (and ``<= maximum``; each item, for a list), or one of
+    ``sentinels``."""
+    return option(default, default_factory=default_factory, types=types,
+                  check=at_least(0, sentinels=sentinels, maximum=maximum))
 
 
 # --------------------------------------------------------------------------------------------- plain values

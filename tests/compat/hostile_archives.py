@@ -453,6 +453,8 @@ CASES: list[Case] = [
          r"encoder.jasper\[1\].kernel: invalid value \[0\]"),
     Case("negative-features", _members(_set("preprocessor.features", -64)), ArchiveConfigError,
          "preprocessor.features: invalid value -64"),
+    Case("10M-repeats", _members(_set("encoder.jasper.0.repeat", 10_000_000)), ArchiveConfigError,
+         r"encoder.jasper\[0\].repeat: invalid value 10000000: must be > 0 and <= 10,000"),  # modules, not tensors
     Case("features-sixtyfour", _members(_set("preprocessor.features", "sixtyfour")), ArchiveConfigError,
          "preprocessor.features: wrong type: got 'sixtyfour'"),
     # -- damaged files ------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
-from nemofn.core.schema import MISSING, ConfigError, join_key, non_negative, option, positive
+from nemofn.core.schema import MAX_LAYERS, MISSING, ConfigError, join_key, non_negative, option, positive
 
 __all__ = [
     "AudioToMelSpectrogramPreprocessorConfig", "SpectrogramAugmentationConfig", "JasperEncoderConfig",
@@ -98,7 +98,7 @@ class JasperEncoderConfig:
     """
 
     filters: int = positive()
-    repeat: int = positive()
+    repeat: int = positive(maximum=MAX_LAYERS)
     kernel: Any = positive(types=(List[int], int))
     stride: Any = positive(types=(List[int], int))
     dilation: Any = positive(types=(List[int], int))
@@ -143,7 +143,7 @@ class ConformerEncoderConfig:
 
     _target_: str = f"{NEMO_MODULES}.ConformerEncoder"
     feat_in: int = positive()
-    n_layers: int = non_negative()
+    n_layers: int = non_negative(maximum=MAX_LAYERS)
     d_model: int = positive()
     feat_out: int = positive(-1, sentinels=(-1,))
     causal_downsampling: bool = False
@@ -210,7 +210,7 @@ class RNNTPredNetConfig:
     """
 
     pred_hidden: int = positive()
-    pred_rnn_layers: int = positive()
+    pred_rnn_layers: int = positive(maximum=MAX_LAYERS)
     t_max: Optional[int] = None
     dropout: float = 0.0
     forget_gate_bias: Optional[float] = 1.0
