@@ -81,6 +81,17 @@ def test_negative_sizes_are_config_errors_naming_the_archive_and_key(nemo3_dir: 
     assert isinstance(info.value, ConfigError) and info.value.key == f"model.encoder.{key}"
 
 
+def test_a_modules_own_check_of_its_config_names_the_archive(nemo3_dir: Path, tmp_path):
+    def edit(cfg):
+        cfg["encoder"]["n_heads"] = 7  # positive, but d_model=96 is not divisible by it
+        return yaml.safe_dump(cfg)
+
+    path = _repack(nemo3_dir / "conformer_bpe.nemo", tmp_path / "heads.nemo", edit)
+    with pytest.raises(ValueError, match=r"heads\.nemo: model_config\.yaml: .*d_model=96 must be divisible by "
+                                         r"n_heads=7"):
+        ASRModel.restore_from(str(path), map_location="cpu")
+
+
 def test_nemo_sentinels_stay_valid_and_other_sizes_are_checked():
     from nemofn.asr.configs.modules import ConformerEncoderConfig, ConvASRDecoderConfig, JasperEncoderConfig
     from nemofn.core.schema import ConfigError, validate

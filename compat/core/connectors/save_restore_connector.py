@@ -272,6 +272,10 @@ class SaveRestoreConnector:
                     raise ArchiveConfigError.wrap(source, archive.config_name, exc) from exc
                 except (UnknownTargetError, TargetImportError) as exc:
                     raise _naming_archive(exc, source, archive.config_name) from exc
+                except ValueError as exc:  # a module's own check of its config (d_model % n_heads, ...)
+                    if isinstance(exc, NemoArchiveError):
+                        raise
+                    raise _naming_archive(exc, source, archive.config_name) from exc
             if callable(getattr(instance, "to", None)):
                 instance = instance.to(map_location)
             state_dict = archive.state_dict(map_location=map_location, allow_non_finite=allow_non_finite)
