@@ -3,11 +3,11 @@
 Same maths as ``torch.optim.Adam`` (L2 weight decay added to the gradient) and ``torch.optim.AdamW`` (decoupled
 weight decay ``p *= 1 - lr * wd``), including AMSGrad and bias correction.
 
-On an accelerator (cuda, xpu) the step counters are kept on the parameters' device and torch's ``capturable`` path
-runs (bias corrections as device ops), so an update reads nothing back to the host: torch's default keeps them on
-the CPU, and then a step whose update may be undone (:mod:`nemofn.optim.guard`) would have to wait for the device to
-know whether to count it. The results equal the default path's up to fp32 rounding of the bias corrections. On the
-CPU nothing changes.
+On an accelerator that torch's capturable path supports (cuda, xpu, hpu; not mps) the step counters are kept on
+the parameters' device and that path runs (bias corrections as device ops), so an update reads nothing back to the
+host. torch's default keeps them on the CPU, and then a step whose update may be undone (:mod:`nemofn.optim.guard`)
+would have to wait for the device to know whether to count it. The results equal the default path's up to fp32
+rounding of the bias corrections. On the CPU nothing changes.
 """
 
 from __future__ import annotations
@@ -37,9 +37,18 @@ def _step_dtype(fused: bool) -> torch.dtype:
     return torch.float64 if (not fused and torch.get_default_dtype() == torch.float64) else torch.float32
 
 
+def _capturable_devices() -> tuple[str, ...]:
+    try:  # torch's own list (private; it names privateuse1 backends by their registered name)
+        from torch.optim.optimizer import _get_capturable_supported_devices
+
+        return tuple(_get_capturable_supported_devices())
+    except (ImportError, AttributeError):
+        return ("cuda", "xpu", "hpu")
+
+
 def _on_accelerator(t: torch.Tensor) -> bool:
-    """A device where torch's capturable path runs (cuda, xpu, ...): not the host, and not meta (shapes only)."""
-    return t.device.type not in ("cpu", "meta")
+    """A device where torch's capturable path runs (cuda, xpu, hpu, ...; not the host, meta or mps)."""
+    return t.device.type in _capturable_devices()
 
 
 def _make(name: str, kernel, betas: tuple[float, float], eps: float, weight_decay: float, amsgrad: bool,
